@@ -1,0 +1,53 @@
+"""sopbot: the service core and its web faces.
+
+`create_app(config=None)` is the app factory: it reads settings (or takes them), builds the
+shared services and registers the blueprints. Nothing here does I/O at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from bot.config import Settings, load_settings
+from bot.services import Services
+
+__all__ = ["create_app", "get_services"]
+
+
+def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
+    """Build the Flask app. `config`: Settings, or an env-like mapping, or None (environment + .env)."""
+    settings = config if isinstance(config, Settings) else load_settings(config)
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = settings.secret_key
+    # Larger bodies are refused by werkzeug with 413 before the view reads them.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_callback_bytes
+    app.config["JSON_AS_ASCII"] = False
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    init_app(app, Services.from_settings(settings))
+    return app
+
+
+def init_app(app: Flask, services: Services) -> None:
+    from bot.observability import init_observability
+    from bot.web.api import api_bp
+    from bot.web.health import health_bp
+    from bot.wecom.callback import callback_bp
+
+    app.extensions["sopbot"] = services
+    app.register_blueprint(callback_bp)
+    app.register_blueprint(api_bp)
+    app.register_blueprint(health_bp)
+    init_observability(app)
+    logging.getLogger("sopbot").setLevel(logging.INFO)
+
+
+def get_services(app: Any = None) -> Services:
+    from flask import current_app
+
+    target = app or current_app
+    services: Services = target.extensions["sopbot"]
+    return services

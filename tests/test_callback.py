@@ -1,0 +1,160 @@
+"""The callback gateway through the real crypto: verify, record once, enqueue, answer; refuse bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.models import InboxEvent
+from bot.queues import get_queue
+from bot.services import Services
+from tests import wecom_reference
+from tests.conftest import VECTORS, fixture_xml, post_event, vector_params
+
+ADD = "change_external_contact__add_external_contact"
+
+
+def _inbox_count(services: Services) -> int:
+    with services.transaction() as s:
+        return int(s.scalar(select(func.count()).select_from(InboxEvent)) or 0)
+
+
+def test_get_answers_the_bare_decrypted_echostr(client: Any) -> None:
+    vector = next(v for v in VECTORS["vectors"] if v["id"] == "url_verification_echostr")
+    resp = client.get("/wecom/callback?" + vector["http"]["query_string"])
+    assert resp.status_code == 200
+    assert resp.data == vector["expected_http_response_body"].encode()  # no quotes, BOM or newline
+
+
+def test_get_with_bad_signature_is_403(client: Any) -> None:
+    vector = next(v for v in VECTORS["vectors"] if v["id"] == "url_verification_echostr")
+    q = {k: v[0] for k, v in parse_qs(vector["http"]["query_string"]).items()}
+    q["msg_signature"] = "0" * 40
+    assert client.get("/wecom/callback", query_string=q).status_code == 403
+
+
+def test_recorded_vector_post_is_accepted(client: Any, services: Services) -> None:
+    vector = next(v for v in VECTORS["vectors"] if v["id"] == "event_add_external_contact")
+    q = {k: v[0] for k, v in parse_qs(vector["http"]["query_string"]).items()}
+    resp = client.post("/wecom/callback", query_string=q, data=vector["http"]["body"].encode())
+    assert (resp.status_code, resp.data) == (200, b"")
+    assert _inbox_count(services) == 1
+
+
+def test_post_records_enqueues_and_answers_empty_200(client: Any, services: Services) -> None:
+    resp = post_event(client, fixture_xml(ADD))
+    assert resp.status_code == 200 and resp.data == b""
+    with services.transaction() as s:
+        row = s.scalars(select(InboxEvent)).one()
+        assert row.event_key == "change_external_contact:add_external_contact"
+        assert row.status == "pending"
+        assert row.payload["ExternalUserID"] == "wmQ8xTCwAAb3fFp0Yk2nHs9LdE7uVr1w"
+    queue = get_queue(services.redis, "default")
+    assert queue.job_ids == [f"event-{row.id}"]
+
+
+def test_retries_of_the_same_event_record_once_and_enqueue_nothing(client: Any, services: Services) -> None:
+    xml = fixture_xml(ADD)
+    # WeCom retries the same plaintext; the random prefix and nonce may differ on each delivery.
+    for nonce in ("1", "2", "3", "4"):
+        assert post_event(client, xml, nonce=nonce).status_code == 200
+    assert _inbox_count(services) == 1
+    assert get_queue(services.redis, "default").count == 1
+
+
+def test_same_second_events_for_different_customers_are_not_deduplicated(client: Any, services: Services) -> None:
+    xml = fixture_xml(ADD)
+    other = xml.replace("wmQ8xTCwAAb3fFp0Yk2nHs9LdE7uVr1w", "wmQ8xTCwAAz9zZ9zZ9zZ9zZ9zZ9zZ9zZ9zZ")
+    assert post_event(client, xml).status_code == 200
+    assert post_event(client, other).status_code == 200
+    assert _inbox_count(services) == 2
+
+
+def test_redis_down_still_records_and_answers_200(client: Any, services: Services, monkeypatch: Any) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise RedisConnectionError("Connection refused")
+
+    monkeypatch.setattr("bot.wecom.callback.enqueue_event", refuse)
+    resp = post_event(client, fixture_xml(ADD))
+    assert (resp.status_code, resp.data) == (200, b"")
+    assert _inbox_count(services) == 1
+
+
+def test_database_down_answers_503_so_wecom_retries(client: Any, services: Services, monkeypatch: Any) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    def broken(*_: Any, **__: Any) -> None:
+        raise OperationalError("INSERT", {}, Exception("database is gone"))
+
+    monkeypatch.setattr(services, "transaction", broken)
+    assert post_event(client, fixture_xml(ADD)).status_code == 503
+
+
+def _signed(body_xml: str, *, sig: str | None = None) -> tuple[bytes, dict[str, str]]:
+    p = vector_params()
+    enc = wecom_reference.encrypt(body_xml, p["encoding_aes_key"], p["corp_id_receive_id"])
+    body = f"<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>".encode()
+    return body, {"msg_signature": sig or wecom_reference.sign(p["token"], "1", "2", enc), "timestamp": "1",
+                  "nonce": "2"}
+
+
+BOMB = """<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>
+<xml><Encrypt>&lol2;</Encrypt></xml>"""
+XXE = """<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><xml><Encrypt>&xxe;</Encrypt></xml>"""
+
+
+def _bad_cases() -> list[tuple[str, int, Any]]:
+    p = vector_params()
+
+    def wrong_receiveid() -> tuple[bytes, dict[str, str]]:
+        enc = wecom_reference.encrypt(fixture_xml(ADD), p["encoding_aes_key"], "wwSOMEOTHERCORP000")
+        return (f"<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>".encode(),
+                {"msg_signature": wecom_reference.sign(p["token"], "1", "2", enc), "timestamp": "1", "nonce": "2"})
+
+    def signed_raw(body: bytes) -> tuple[bytes, dict[str, str]]:
+        return body, {"msg_signature": "ab" * 20, "timestamp": "1", "nonce": "2"}
+
+    def inner_not_xml() -> tuple[bytes, dict[str, str]]:
+        return _signed("this is not xml")
+
+    def inner_with_dtd() -> tuple[bytes, dict[str, str]]:
+        return _signed(BOMB)
+
+    def undecryptable() -> tuple[bytes, dict[str, str]]:
+        enc = "QUJDREVGR0hJSktMTU5PUA=="  # 16 bytes that do not decrypt to a frame
+        return (f"<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>".encode(),
+                {"msg_signature": wecom_reference.sign(p["token"], "1", "2", enc), "timestamp": "1", "nonce": "2"})
+
+    return [
+        ("missing signature", 403, lambda: (fixture_xml(ADD).encode(), {})),
+        ("bad signature", 403, lambda: _signed(fixture_xml(ADD), sig="0" * 40)),
+        ("wrong receiveid", 400, wrong_receiveid),
+        ("not xml", 400, lambda: signed_raw(b"hello")),
+        ("non-utf8 body", 400, lambda: signed_raw(b"\xff\xfe<xml>\x80</xml>")),
+        ("xml bomb", 400, lambda: signed_raw(BOMB.encode())),
+        ("xxe", 400, lambda: signed_raw(XXE.encode())),
+        ("no Encrypt element", 400, lambda: signed_raw(b"<xml><Foo>1</Foo></xml>")),
+        ("inner payload not xml", 400, inner_not_xml),
+        ("inner payload with a DTD", 400, inner_with_dtd),
+        ("does not decrypt", 400, undecryptable),
+        ("oversized body", 413,
+         lambda: signed_raw(b"<xml><Encrypt>" + b"A" * (1024 * 1024 + 10) + b"</Encrypt></xml>")),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_cases(), ids=lambda c: c[0])
+def test_bad_input_is_refused_with_its_status_and_writes_nothing(client: Any, services: Services, case: Any,
+                                                                 caplog: Any) -> None:
+    name, status, build = case
+    body, query = build()
+    resp = client.post("/wecom/callback", query_string=query, data=body, content_type="application/json")
+    assert resp.status_code == status, (name, resp.data)
+    assert _inbox_count(services) == 0
+    assert get_queue(services.redis, "default").count == 0
+    secret = vector_params()["encoding_aes_key"]
+    assert secret not in caplog.text and vector_params()["token"] not in caplog.text
