@@ -162,4 +162,65 @@ def post_event(client: Any, xml: str, *, timestamp: str = "1735689600", nonce: s
     return client.post("/wecom/callback", query_string=query, data=body, content_type="text/xml")
 
 
-__all__ = ["ADMIN", "run_worker", "fixture_xml", "post_event", "create_app", "env_for_tests", "VECTORS"]
+__all__ = ["ADMIN", "SimHarness", "run_worker", "fixture_xml", "post_event", "create_app", "env_for_tests", "VECTORS"]
+
+
+class SimHarness:
+    """The WeCom simulator on real HTTP, wired to the app under test.
+
+    Its callbacks (customer adds, deletes, kf messages …) are encrypted with the app's Token and
+    AESKey and posted into the Flask test client, exactly as WeCom would POST them.
+    """
+
+    def __init__(self, state: Any, server: Any, client: Any) -> None:
+        import requests
+
+        self.state, self.server, self.client = state, server, client
+        self.http = requests.Session()
+        self.responses: list[int] = []
+
+    def control(self, path: str, body: Any = None) -> Any:
+        resp = self.http.post(f"{self.server.base_url}/_sim/{path}", json=body or {}, timeout=30)
+        resp.raise_for_status()
+        return resp.json()
+
+    def calls(self, path: str | None = None) -> list[dict[str, Any]]:
+        params = {"path": path} if path else {}
+        return self.http.get(f"{self.server.base_url}/_sim/calls", params=params, timeout=30).json()["calls"]
+
+    def ok_calls(self, path: str) -> list[dict[str, Any]]:
+        return [c for c in self.calls(path) if c["errcode"] == 0]
+
+
+@pytest.fixture
+def sim(services: Services, client: Any) -> Iterator[SimHarness]:
+    import time as _time
+
+    import yaml
+
+    from bot.wecom.client import WeComClient
+    from bot.wecom.simulator import SimState, SimulatorServer, create_simulator_app, demo_scenario_path, load_scenario
+
+    settings = services.settings
+    state = SimState(corp_id=settings.corp_id, start_time=_time.time())
+    data = yaml.safe_load(Path(demo_scenario_path()).read_text(encoding="utf-8"))
+    data["corp_id"] = settings.corp_id
+    data["apps"][str(settings.agent_id)]["secret"] = settings.agent_secret
+    load_scenario(state, data)
+    harness: SimHarness
+
+    def post(url: str, query: dict[str, str], body: bytes | str) -> None:
+        resp = client.post("/wecom/callback", query_string=query, data=body, content_type="text/xml")
+        harness.responses.append(resp.status_code)
+
+    app = create_simulator_app(state, {"callback_token": settings.callback_token,
+                                       "encoding_aes_key": settings.encoding_aes_key,
+                                       "agent_id": str(settings.agent_id), "callback_post": post})
+    with SimulatorServer(app) as server:
+        harness = SimHarness(state, server, client)
+        # The client waits on the simulator's clock: backoff advances it instead of sleeping.
+        services.__dict__["wecom"] = WeComClient(
+            settings.corp_id, settings.agent_secret, services.redis, api_base=server.api_base,
+            agent_id=settings.agent_id, sleep=state.advance, clock=state.now)
+        yield harness
+    services.__dict__.pop("wecom", None)
