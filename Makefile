@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: demo test lint typecheck pytest venv bench clean
+.PHONY: demo test lint typecheck pytest venv bench clean migration
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "sopbot needs Python 3.11 or newer on PATH (python3.11, python3.12 …)"; exit 1; }
@@ -40,3 +40,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate the initial migration from the models (allowed until the first release ships a schema).
+migration: $(STAMP)
+	$(BIN)/python -m bot.migrate regenerate

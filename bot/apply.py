@@ -55,7 +55,7 @@ from bot.models import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["apply", "ApplyContext", "insert_ignore", "get_or_create_customer"]
+__all__ = ["apply", "ApplyContext", "executes", "insert_ignore", "get_or_create_customer"]
 
 _CUSTOMER_FIELDS = {"name", "avatar", "type", "gender", "corp_name", "unionid", "profile", "custom_fields"}
 _FOLLOW_FIELDS = {"remark", "description", "add_way", "oper_userid"}
@@ -384,3 +384,11 @@ def _(action: DismissGroup, ctx: ApplyContext) -> None:
 def _(action: RecordUnknown, ctx: ApplyContext) -> None:
     log.info("unknown event recorded and acknowledged", extra={"event_key": action.event_key,
                                                                "inbox_id": ctx.inbox_id})
+
+
+# Areas register the executors of their own actions: `@executes` on a function (action, ctx) -> None.
+executes = _apply.register
+
+from bot.handover import apply_handover as _handover  # noqa: E402,F401
+from bot.sop import apply_sop as _sop  # noqa: E402,F401
+from bot.tagging import apply_tagging as _tagging  # noqa: E402,F401

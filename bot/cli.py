@@ -164,5 +164,23 @@ def dev(host: str, port: int, simulator: bool, demo: bool) -> None:
                 child.kill()
 
 
+def _add_area_commands() -> None:
+    """Areas contribute commands from bot/<area>/cli.py (a `commands` list of click commands)."""
+    import importlib
+
+    for area in ("tagging", "sop", "handover"):
+        try:
+            module = importlib.import_module(f"bot.{area}.cli")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"bot.{area}.cli":
+                raise
+            continue
+        for command in module.commands:
+            main.add_command(command)
+
+
+_add_area_commands()
+
+
 if __name__ == "__main__":
     main()

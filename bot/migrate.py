@@ -33,3 +33,24 @@ def current_heads(database_url: str) -> list[str]:
             return list(MigrationContext.configure(conn).get_current_heads())
     finally:
         engine.dispose()
+
+
+def regenerate(message: str = "schema") -> Path:
+    """Rewrite the single initial revision from the models (pre-release: no deployed schema to migrate)."""
+    import tempfile
+
+    versions = MIGRATIONS_DIR / "versions"
+    for old in versions.glob("0001_*.py"):
+        old.unlink()
+    with tempfile.TemporaryDirectory() as tmp:
+        command.revision(alembic_config(f"sqlite:///{tmp}/empty.db"), message=message, autogenerate=True,
+                         rev_id="0001")
+    (created,) = versions.glob("0001_*.py")
+    return created
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["regenerate"]:
+        print(f"wrote {regenerate()}")

@@ -244,3 +244,9 @@ class KV(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     value: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+# Area models live beside their code; importing them here registers them on Base.metadata.
+from bot.handover import models as _handover_models  # noqa: E402,F401
+from bot.sop import models as _sop_models  # noqa: E402,F401
+from bot.tagging import models as _tagging_models  # noqa: E402,F401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from bot.db import utcnow
@@ -12,5 +13,18 @@ __all__ = ["tick"]
 
 
 def tick(services: Services, now: datetime | None = None) -> SweepReport:
+    """One tick: sweep first (recover lost work), then each area's periodic work, in this order."""
     now = now or utcnow()
-    return sweep(services, now)
+    report = sweep(services, now)
+    for area_tick in area_ticks():
+        area_tick(services, now)
+    return report
+
+
+def area_ticks() -> list[Callable[[Services, datetime], object]]:
+    """Each area module may define `tick(services, now)`; the scheduler runs them all."""
+    import jobs.handover
+    import jobs.sop
+    import jobs.tagging
+
+    return [m.tick for m in (jobs.tagging, jobs.sop, jobs.handover) if hasattr(m, "tick")]

@@ -72,7 +72,10 @@ def run_outbox(outbox_id: int) -> str:
 
 
 def run_outbox_row(services: Services, outbox_id: int, now: datetime | None = None) -> str:
-    import jobs.executors  # noqa: F401 - registers the executors
+    import jobs.executors  # noqa: F401 - these imports register the executors
+    import jobs.handover  # noqa: F401
+    import jobs.sop  # noqa: F401
+    import jobs.tagging  # noqa: F401
 
     now = now or utcnow()
     with services.transaction() as session:

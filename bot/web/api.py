@@ -40,17 +40,14 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-@api_bp.errorhandler(ApiError)
 def _api_error(exc: ApiError) -> ResponseReturnValue:
     return jsonify(error=exc.message), exc.status
 
 
-@api_bp.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> ResponseReturnValue:
     return jsonify(error=exc.description or exc.name), exc.code or 500
 
 
-@api_bp.before_request
 def _require_admin_token() -> ResponseReturnValue | None:
     if request.endpoint == "api_v1.openapi":
         return None
@@ -61,6 +58,16 @@ def _require_admin_token() -> ResponseReturnValue | None:
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
         return jsonify(error="missing or wrong admin token (Authorization: Bearer <SOPBOT_ADMIN_TOKEN>)"), 401
     return None
+
+
+def install_api_guards(bp: Blueprint) -> None:
+    """Admin token, JSON errors: the same on every /api/v1 blueprint (areas add their own)."""
+    bp.register_error_handler(ApiError, _api_error)
+    bp.register_error_handler(HTTPException, _http_error)
+    bp.before_request(_require_admin_token)
+
+
+install_api_guards(api_bp)
 
 
 @api_bp.get("/openapi.json")

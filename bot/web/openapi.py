@@ -50,7 +50,19 @@ INBOX = {"type": "object", "required": ["id", "event_key", "status"], "propertie
 EXT_PARAM = {"name": "external_userid", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
 
 
+AREA_API_MODULES = ("bot.web.api_tagging", "bot.web.api_sop", "bot.web.api_handover")
+
+
 def openapi_document() -> dict[str, Any]:
+    import importlib
+
+    doc = _core_document()
+    for name in AREA_API_MODULES:
+        doc["paths"].update(importlib.import_module(name).OPENAPI_PATHS)
+    return doc
+
+
+def _core_document() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "sopbot admin API", "version": "1"},

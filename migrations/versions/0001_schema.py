@@ -1,8 +1,8 @@
-"""core tables: inbox, outbox, customers, follows, tags, timeline, groups
+"""schema
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 15:01:57.334299
+Create Date: 2026-11-23 15:13:15.201319
 """
 from __future__ import annotations
 

@@ -1,0 +1,14 @@
+"""Admin API routes of the tagging area under /api/v1 (documented in OPENAPI_PATHS)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+
+from bot.web.api import install_api_guards
+
+bp = Blueprint("api_tagging", __name__, url_prefix="/api/v1")
+install_api_guards(bp)
+
+OPENAPI_PATHS: dict[str, Any] = {}

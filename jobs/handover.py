@@ -1,0 +1,3 @@
+"""rq jobs and outbox executors of the handover area (registered with `jobs.wecom_calls.executor`)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""rq jobs and outbox executors of the tagging area (registered with `jobs.wecom_calls.executor`)."""
+
+from __future__ import annotations
