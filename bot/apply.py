@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import singledispatch
@@ -55,10 +55,37 @@ from bot.models import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["apply", "ApplyContext", "executes", "insert_ignore", "get_or_create_customer"]
+__all__ = ["apply", "ApplyContext", "DomainEvent", "executes", "subscribe", "insert_ignore", "get_or_create_customer"]
 
 _CUSTOMER_FIELDS = {"name", "avatar", "type", "gender", "corp_name", "unionid", "profile", "custom_fields"}
 _FOLLOW_FIELDS = {"remark", "description", "add_way", "oper_userid"}
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    """Something that happened to a customer: every timeline entry newly written is one.
+
+    Areas subscribe (`bot.apply.subscribe`) to react in the same transaction: SOP enrollment and
+    exits, behaviour tagging, lead scoring. A re-applied (deduplicated) entry emits nothing.
+    """
+
+    kind: str
+    external_userid: str
+    customer_id: int
+    at: datetime
+    detail: Mapping[str, Any]
+    userid: str | None = None
+    source: str = "wecom"
+
+
+Subscriber = Callable[["ApplyContext", list[DomainEvent]], list[Action]]
+SUBSCRIBERS: list[Subscriber] = []
+MAX_CASCADE = 5  # subscribers' actions may emit events again; a rule loop must not spin forever
+
+
+def subscribe(fn: Subscriber) -> Subscriber:
+    SUBSCRIBERS.append(fn)
+    return fn
 
 
 @dataclass
@@ -68,6 +95,7 @@ class ApplyContext:
     context_key: str  # what caused these actions ("inbox:42", "outbox:7", "api:…") — part of dedupe keys
     inbox_id: int | None = None
     outbox_ids: list[int] = field(default_factory=list)
+    events: list[DomainEvent] = field(default_factory=list)
     # (external_userid, userid) -> (tags to add, tags to remove): one mark_tag per pair per apply.
     pending_marks: dict[tuple[str, str], tuple[set[str], set[str]]] = field(default_factory=dict)
 
@@ -97,8 +125,19 @@ def apply(actions: Iterable[Action], session: Session, *, now: datetime | None =
           context_key: str, inbox_id: int | None = None) -> list[int]:
     """Apply actions in the caller's transaction; returns the ids of outbox rows created."""
     ctx = ApplyContext(session=session, now=now or utcnow(), context_key=context_key, inbox_id=inbox_id)
-    for action in actions:
-        _apply(action, ctx)
+    pending = list(actions)
+    for _round in range(MAX_CASCADE + 1):
+        for action in pending:
+            _apply(action, ctx)
+        events, ctx.events = ctx.events, []
+        if not events or not SUBSCRIBERS:
+            break
+        session.flush()
+        pending = [a for fn in SUBSCRIBERS for a in fn(ctx, events)]
+        if not pending:
+            break
+    else:
+        log.error("subscriber cascade cut after %d rounds", MAX_CASCADE, extra={"context": context_key})
     _flush_marks(ctx)
     return ctx.outbox_ids
 
@@ -170,13 +209,16 @@ def _(action: EndFollow, ctx: ApplyContext) -> None:
 @_apply.register
 def _(action: RecordTimeline, ctx: ApplyContext) -> None:
     customer = get_or_create_customer(ctx.session, action.external_userid, ctx.now)
-    insert_ignore(
+    inserted = insert_ignore(
         ctx.session, TimelineEntry.__table__,  # type: ignore[arg-type]
         {"customer_id": customer.id, "kind": action.kind, "at": action.at, "source": action.source,
          "userid": action.userid, "detail": dict(action.detail), "inbox_id": ctx.inbox_id,
          "dedupe_key": action.dedupe_key},
         ["dedupe_key"],
     )
+    if inserted or action.dedupe_key is None:
+        ctx.events.append(DomainEvent(action.kind, customer.external_userid, customer.id, action.at,
+                                      dict(action.detail), action.userid, action.source))
 
 
 def _add_outbox(ctx: ApplyContext, kind: str, payload: Mapping[str, Any], dedupe_key: str, queue: str,
