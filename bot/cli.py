@@ -152,8 +152,14 @@ def dev(host: str, port: int, simulator: bool, demo: bool) -> None:
         *( [f"  defaults used  {', '.join(applied)}"] if applied else []),
     ]), err=False)
     sys.stdout.flush()
+    def _terminate(*_: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM takes the same clean path as Ctrl-C
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         run_simple(host, port, app, threaded=True, use_reloader=False, use_debugger=False)
+    except KeyboardInterrupt:
+        click.echo("stopping sopbot dev")
     finally:
         for child in children:
             child.terminate()
@@ -162,6 +168,9 @@ def dev(host: str, port: int, simulator: bool, demo: bool) -> None:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+        from bot.redis_conn import shutdown_embedded
+
+        shutdown_embedded()
 
 
 def _add_area_commands() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["resolve_redis_url", "connect", "EmbeddedRedis"]
+__all__ = ["resolve_redis_url", "connect", "EmbeddedRedis", "shutdown_embedded"]
 
 _lock = threading.Lock()
 _embedded: EmbeddedRedis | None = None
@@ -47,6 +47,15 @@ def resolve_redis_url(configured: str | None, var_dir: Path) -> str:
             _embedded = EmbeddedRedis(var_dir)
             os.environ["SOPBOT_REDIS_URL"] = _embedded.url  # inherited by child processes
         return _embedded.url
+
+
+def shutdown_embedded() -> None:
+    """Stop the embedded server this process started (if any), so no redis-server is left behind."""
+    global _embedded
+    with _lock:
+        if _embedded is not None:
+            _embedded.shutdown()
+            _embedded = None
 
 
 def connect(url: str) -> redis.Redis:
