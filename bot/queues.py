@@ -49,10 +49,13 @@ def enqueue_event(conn: redis.Redis, inbox_id: int, *, check_live: bool = False)
     job_id = f"event-{inbox_id}"
     if check_live and job_is_live(conn, job_id):
         return False
+    # One pipelined round trip instead of rq's two: this runs inside every callback request.
+    pipe = conn.pipeline()
     get_queue(conn, "default").enqueue_call(
         "jobs.events.process_event", args=(inbox_id,), job_id=job_id, timeout=EVENT_JOB_TIMEOUT,
-        result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
+        result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, pipeline=pipe,
     )
+    pipe.execute()
     return True
 
 

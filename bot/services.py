@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.config import Settings
@@ -58,6 +58,13 @@ class Services:
 
         s = self.settings
         return WeComClient(s.corp_id, s.agent_secret, self.redis, api_base=s.api_base, agent_id=s.agent_id)
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """One Core transaction (no ORM session): for the few hot paths that need no objects."""
+        dispose_if_forked(self.engine)
+        with self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -91,7 +91,7 @@ def test_database_down_answers_503_so_wecom_retries(client: Any, services: Servi
     def broken(*_: Any, **__: Any) -> None:
         raise OperationalError("INSERT", {}, Exception("database is gone"))
 
-    monkeypatch.setattr(services, "transaction", broken)
+    monkeypatch.setattr(services, "connect", broken)
     assert post_event(client, fixture_xml(ADD)).status_code == 503
 
 
