@@ -13,7 +13,7 @@ from typing import Any
 __all__ = [
     "Action", "UpsertCustomer", "UpsertFollow", "EndFollow", "RecordTimeline", "EnqueueCall",
     "TagRef", "AddTags", "RemoveTags", "UpsertEmployee", "MarkEmployeeLeft", "SyncCorpTags",
-    "UpsertGroup", "GroupMembersChanged", "DismissGroup", "RecordUnknown",
+    "UpsertGroup", "GroupMembersChanged", "DismissGroup", "RecordUnknown", "SyncContacts",
 ]
 
 
@@ -149,6 +149,17 @@ class GroupMembersChanged(Action):
 class DismissGroup(Action):
     chat_id: str
     at: datetime
+
+
+@dataclass(frozen=True)
+class SyncContacts(Action):
+    """A page of batch/get_by_user rows mirrored in bulk (initial sync): customers, follows, corp tags.
+
+    Each row: {"external_contact": {...}, "follow_info": {...}, "tags": ["group:name", ...]}.
+    Bulk upserts, no timeline entries and no domain events: a sync mirrors state, it is not news.
+    """
+
+    rows: tuple[Mapping[str, Any], ...]
 
 
 @dataclass(frozen=True)

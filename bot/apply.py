@@ -18,7 +18,7 @@ from datetime import datetime
 from functools import singledispatch
 from typing import Any
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,7 @@ from bot.actions import (
     RecordTimeline,
     RecordUnknown,
     RemoveTags,
+    SyncContacts,
     SyncCorpTags,
     TagRef,
     UpsertCustomer,
@@ -420,6 +421,63 @@ def _(action: DismissGroup, ctx: ApplyContext) -> None:
         row = GroupChat(chat_id=action.chat_id)
         ctx.session.add(row)
     row.dismissed_at = row.dismissed_at or action.at
+
+
+def _dialect_insert(session: Session, table: Any) -> Any:
+    mod: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return mod.insert(table)
+
+
+@_apply.register
+def _(action: SyncContacts, ctx: ApplyContext) -> None:
+    if not action.rows:
+        return
+    session, now = ctx.session, ctx.now
+    customers: dict[str, dict[str, Any]] = {}
+    for row in action.rows:
+        c = row.get("external_contact") or {}
+        ext = str(c.get("external_userid") or "")
+        if ext:
+            customers[ext] = {
+                "external_userid": ext, "name": c.get("name") or "", "avatar": c.get("avatar"), "type": c.get("type"),
+                "gender": c.get("gender"), "corp_name": c.get("corp_name") or c.get("corp_full_name"),
+                "unionid": c.get("unionid"), "profile": dict(c), "custom_fields": {}, "stage": "new", "score": 0.0,
+                "created_at": now, "updated_at": now, "profile_synced_at": now,
+            }
+    table: Any = Customer.__table__
+    stmt = _dialect_insert(session, table)
+    session.execute(stmt.on_conflict_do_update(index_elements=["external_userid"], set_={
+        k: stmt.excluded[k] for k in ("name", "avatar", "type", "gender", "corp_name", "unionid", "profile",
+                                      "updated_at", "profile_synced_at")}), list(customers.values()))
+    ids = dict(session.execute(select(Customer.external_userid, Customer.id)
+                               .where(Customer.external_userid.in_(list(customers)))).all())
+    follows, tags = [], []
+    for row in action.rows:
+        ext = str((row.get("external_contact") or {}).get("external_userid") or "")
+        info = row.get("follow_info") or {}
+        if ext not in ids or not info.get("userid"):
+            continue
+        created = info.get("createtime")
+        follows.append({"customer_id": ids[ext], "userid": str(info["userid"]), "state": info.get("state") or None,
+                        "add_way": info.get("add_way"), "oper_userid": info.get("oper_userid"),
+                        "remark": info.get("remark"), "description": info.get("description"),
+                        "added_at": datetime.fromtimestamp(int(created), now.tzinfo) if created else None,
+                        "half_added": False})
+        for tag in row.get("tags") or ():
+            group, _, name = str(tag).partition(":")
+            tags.append({"customer_id": ids[ext], "group_name": group, "name": name, "source": "wecom",
+                         "reason": {"via": "sync", "userid": info["userid"]}, "applied_at": now})
+    if follows:
+        ftable: Any = FollowRelation.__table__
+        fstmt = _dialect_insert(session, ftable)
+        session.execute(fstmt.on_conflict_do_update(index_elements=["customer_id", "userid"], set_={
+            **{k: fstmt.excluded[k] for k in ("state", "add_way", "oper_userid", "remark", "description")},
+            # keep the first add time we knew; WeCom's createtime only fills a gap
+            "added_at": func.coalesce(ftable.c.added_at, fstmt.excluded.added_at)}), follows)
+    if tags:
+        ttable: Any = CustomerTag.__table__
+        session.execute(_dialect_insert(session, ttable).on_conflict_do_nothing(
+            index_elements=["customer_id", "group_name", "name"]), tags)
 
 
 @_apply.register

@@ -97,6 +97,33 @@ def scheduler(interval: float, once: bool) -> None:
         time.sleep(interval)
 
 
+@main.command()
+@click.option("--reset", is_flag=True, help="Start over instead of resuming an interrupted run.")
+@click.option("--no-groups", is_flag=True, help="Skip customer groups.")
+def sync(reset: bool, no_groups: bool) -> None:
+    """Initial sync from WeCom: employees, corp tags, every customer (resumable), group chats."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bot.services import Services
+    from bot.sync import run_sync
+
+    _setup_logging(logging.WARNING)
+    services = Services.from_settings(_settings_or_exit())
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"),
+                  TimeElapsedColumn()) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task({"employees": "成员", "customers": "客户", "groups": "客户群"}[stage],
+                                            total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        report = run_sync(services, progress=progress, reset=reset, groups=not no_groups)
+    click.echo(f"synced {report.employees} employees, {report.tags} corp tags, {report.customer_rows} customer rows"
+               f"{' (resumed)' if report.resumed else ''}, {report.groups} groups")
+
+
 def _apply_dev_defaults(host: str, port: int, simulator: bool) -> list[str]:
     """Embedded defaults for `sopbot dev`: the demo corp played by the simulator, dev secrets."""
     applied = []
