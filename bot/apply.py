@@ -97,6 +97,10 @@ class ApplyContext:
     inbox_id: int | None = None
     outbox_ids: list[int] = field(default_factory=list)
     events: list[DomainEvent] = field(default_factory=list)
+    customers: dict[str, Customer] = field(default_factory=dict)  # per-apply cache: many actions, one customer
+
+    def customer(self, external_userid: str) -> Customer:
+        return get_or_create_customer(self.session, external_userid, self.now, self.customers)
     # (external_userid, userid) -> (tags to add, tags to remove): one mark_tag per pair per apply.
     pending_marks: dict[tuple[str, str], tuple[set[str], set[str]]] = field(default_factory=dict)
 
@@ -110,7 +114,15 @@ def insert_ignore(session: Session, table: Table, values: Mapping[str, Any], con
     return bool(getattr(result, "rowcount", 0))
 
 
-def get_or_create_customer(session: Session, external_userid: str, now: datetime) -> Customer:
+def get_or_create_customer(session: Session, external_userid: str, now: datetime,
+                           cache: dict[str, Customer] | None = None) -> Customer:
+    if cache is not None and external_userid in cache:
+        return cache[external_userid]
+    found = session.scalar(select(Customer).where(Customer.external_userid == external_userid))
+    if found is not None:
+        if cache is not None:
+            cache[external_userid] = found
+        return found
     insert_ignore(
         session, Customer.__table__,  # type: ignore[arg-type]
         {"external_userid": external_userid, "created_at": now, "updated_at": now, "profile": {},
@@ -119,6 +131,8 @@ def get_or_create_customer(session: Session, external_userid: str, now: datetime
     )
     customer = session.scalar(select(Customer).where(Customer.external_userid == external_userid))
     assert customer is not None  # noqa: S101 - just inserted or already there
+    if cache is not None:
+        cache[external_userid] = customer
     return customer
 
 
@@ -150,7 +164,7 @@ def _apply(action: Action, ctx: ApplyContext) -> None:
 
 @_apply.register
 def _(action: UpsertCustomer, ctx: ApplyContext) -> None:
-    customer = get_or_create_customer(ctx.session, action.external_userid, ctx.now)
+    customer = ctx.customer(action.external_userid)
     for key, value in action.fields.items():
         if key in _CUSTOMER_FIELDS and value is not None:
             setattr(customer, key, value)
@@ -160,7 +174,7 @@ def _(action: UpsertCustomer, ctx: ApplyContext) -> None:
 
 @_apply.register
 def _(action: UpsertFollow, ctx: ApplyContext) -> None:
-    customer = get_or_create_customer(ctx.session, action.external_userid, ctx.now)
+    customer = ctx.customer(action.external_userid)
     insert_ignore(
         ctx.session, FollowRelation.__table__,  # type: ignore[arg-type]
         {"customer_id": customer.id, "userid": action.userid, "half_added": action.half_added},
@@ -187,7 +201,7 @@ def _(action: UpsertFollow, ctx: ApplyContext) -> None:
 
 @_apply.register
 def _(action: EndFollow, ctx: ApplyContext) -> None:
-    customer = get_or_create_customer(ctx.session, action.external_userid, ctx.now)
+    customer = ctx.customer(action.external_userid)
     follow = ctx.session.scalar(
         select(FollowRelation).where(FollowRelation.customer_id == customer.id,
                                      FollowRelation.userid == action.userid)
@@ -209,7 +223,7 @@ def _(action: EndFollow, ctx: ApplyContext) -> None:
 
 @_apply.register
 def _(action: RecordTimeline, ctx: ApplyContext) -> None:
-    customer = get_or_create_customer(ctx.session, action.external_userid, ctx.now)
+    customer = ctx.customer(action.external_userid)
     inserted = insert_ignore(
         ctx.session, TimelineEntry.__table__,  # type: ignore[arg-type]
         {"customer_id": customer.id, "kind": action.kind, "at": action.at, "source": action.source,
@@ -262,7 +276,7 @@ def _queue_mark(ctx: ApplyContext, ext: str, userids: list[str], tag: TagRef, ad
 @_apply.register
 def _(action: AddTags, ctx: ApplyContext) -> None:
     at = action.at or ctx.now
-    customer = get_or_create_customer(ctx.session, action.external_userid, ctx.now)
+    customer = ctx.customer(action.external_userid)
     targets = _targets(ctx, customer, action.userid) if action.mark_in_wecom else []
     for tag in action.tags:
         row = ctx.session.scalar(select(CustomerTag).where(
@@ -287,7 +301,7 @@ def _(action: AddTags, ctx: ApplyContext) -> None:
 @_apply.register
 def _(action: RemoveTags, ctx: ApplyContext) -> None:
     at = action.at or ctx.now
-    customer = get_or_create_customer(ctx.session, action.external_userid, ctx.now)
+    customer = ctx.customer(action.external_userid)
     targets = _targets(ctx, customer, action.userid) if action.mark_in_wecom else []
     for tag in action.tags:
         row = ctx.session.scalar(select(CustomerTag).where(

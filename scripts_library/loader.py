@@ -420,10 +420,31 @@ def load_channels(root: Path) -> tuple[dict[str, Channel], list[Problem]]:
     return channels, c.problems
 
 
+_LIBRARY_CACHE: dict[tuple[str, bool], tuple[tuple[tuple[str, int], ...], ScriptLibrary]] = {}
+
+
+def content_signature(root: Path) -> tuple[tuple[str, int], ...]:
+    """(path, mtime) of every YAML file under root: changes when any file is edited, added or removed."""
+    return tuple(sorted((str(p), p.stat().st_mtime_ns) for p in root.rglob("*.y*ml")))
+
+
 def load_library(root: Path | str = CONTENT_ROOT, strict: bool = True) -> ScriptLibrary:
     """Load scripts and channels. ``strict`` raises ``LibraryError`` on any problem (service start-up);
-    run ``scripts_library.validate`` for the full check (templates, media, SOP references)."""
+    run ``scripts_library.validate`` for the full check (templates, media, SOP references).
+
+    Cached per process until a file changes: every welcome and SOP step renders from it, and parsing
+    the YAML each time cost ~0.3 s a call; an edit (or an API write) is picked up on the next call."""
     root = Path(root)
+    key, signature = (str(root.resolve()), strict), content_signature(root)
+    cached = _LIBRARY_CACHE.get(key)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    library = _load_library(root, strict)
+    _LIBRARY_CACHE[key] = (signature, library)
+    return library
+
+
+def _load_library(root: Path, strict: bool) -> ScriptLibrary:
     scripts, problems = load_scripts(root)
     channels, channel_problems = load_channels(root)
     problems += channel_problems

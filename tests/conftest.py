@@ -202,7 +202,7 @@ def sim(services: Services, client: Any) -> Iterator[SimHarness]:
     from bot.wecom.simulator import SimState, SimulatorServer, create_simulator_app, demo_scenario_path, load_scenario
 
     settings = services.settings
-    state = SimState(corp_id=settings.corp_id, start_time=_time.time())
+    state = SimState(corp_id=settings.corp_id, start_time=_time.time(), live=True)
     data = yaml.safe_load(Path(demo_scenario_path()).read_text(encoding="utf-8"))
     data["corp_id"] = settings.corp_id
     data["apps"][str(settings.agent_id)]["secret"] = settings.agent_secret

@@ -45,7 +45,7 @@ def mount_simulator(app: Flask, *, callback_url: str, demo: bool = True) -> Any:
     from bot import get_services
 
     settings = get_services(app).settings
-    state = SimState(corp_id=settings.corp_id)
+    state = SimState(corp_id=settings.corp_id, live=True)
     data = yaml.safe_load(Path(demo_scenario_path()).read_text(encoding="utf-8"))
     data["corp_id"] = settings.corp_id
     data.setdefault("apps", {}).setdefault(str(settings.agent_id), {})["secret"] = settings.agent_secret

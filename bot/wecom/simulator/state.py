@@ -69,11 +69,15 @@ class Handover:
 class SimState:
     """Everything the fake WeCom knows. Plain dicts so the control API can dump it as JSON."""
 
-    def __init__(self, corp_id: str = "ww59709431338c5fb3", start_time: float | None = None) -> None:
+    def __init__(self, corp_id: str = "ww59709431338c5fb3", start_time: float | None = None,
+                 live: bool = False) -> None:
+        """`live`: the clock runs with real time (plus any `advance`), as the demo and the service tests
+        need (event CreateTimes, the 20 s welcome window); otherwise it only moves when advanced."""
         self.lock = threading.RLock()
         self.corp_id = corp_id
         self._base = float(start_time if start_time is not None else time.time())
         self._offset = 0.0
+        self._live_since = time.monotonic() if live else None
         # app name -> {"secret", "agent_id", "ip_trusted"}; "contact" is the legacy 客户联系 secret.
         self.apps: dict[str, dict[str, Any]] = {
             "1000002": {"secret": "sim-app-secret", "agent_id": 1000002, "ip_trusted": True},
@@ -114,7 +118,8 @@ class SimState:
 
     # -- clock -------------------------------------------------------------------------------
     def now(self) -> int:
-        return int(self._base + self._offset)
+        running = time.monotonic() - self._live_since if self._live_since is not None else 0.0
+        return int(self._base + self._offset + running)
 
     def advance(self, seconds: float) -> int:
         with self.lock:
