@@ -40,11 +40,12 @@ def init_app(app: Flask, services: Services) -> None:
     app.extensions["sopbot"] = services
     app.register_blueprint(callback_bp)
     app.register_blueprint(api_bp)
-    from bot.web import api_handover, api_sop, api_tagging
+    from bot.web import api_handover, api_sop, api_tagging, links
 
     for area in (api_tagging, api_sop, api_handover):
         app.register_blueprint(area.bp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(links.links_bp)
     init_observability(app)
     logging.getLogger("sopbot").setLevel(logging.INFO)
 

@@ -41,6 +41,7 @@ def _require_aware(dt: datetime, name: str) -> None:
         raise ValueError(f"{name} must be an aware datetime")
 
 
+@lru_cache(maxsize=4096)
 def is_business_day(day: date) -> bool:
     """China working day: weekdays minus statutory holidays, plus 调休 working weekends."""
     try:

@@ -1,0 +1,541 @@
+"""The SOP engine in the service: enrollments and tasks in the database, driven by domain events and the tick.
+
+The pure engine (bot/sop/engine.py) decides; this module reads the state it needs, asks it, and writes the
+result. Everything runs inside the caller's transaction (an apply round, an API request, a scheduler
+batch) and returns the timeline actions to record, so the caller applies them in that same transaction.
+
+- enrollment: on domain events (`handle_events`, subscribed in apply_sop.py) — a trigger SOP on its
+  event, a filter SOP when an event may have moved the customer into its crowd. Never a crowd rebuild.
+- tasks: the first step's task is written at enrollment, each next one when the previous comes due
+  (`plan_next`), so deferrals carry over to "after the previous step" timing and an exit needs no cleanup.
+- budget: every customer-facing task is checked against the per-customer frequency budget across all
+  SOPs; a capped step is deferred, skipped or dropped (the SOP says which) and the reason is recorded on
+  the task and the customer's timeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from itsdangerous import BadSignature, Signer
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from bot.actions import Action, RecordTimeline
+from bot.models import Customer, CustomerTag, Employee, FollowRelation
+from bot.sop.definition import CUSTOMER_TOUCHPOINTS, SopDefinition, SopDefinitionError, load_sops
+from bot.sop.engine import (
+    CustomerView,
+    EnrollmentRecord,
+    FrequencyBudget,
+    PreviewRow,
+    Touch,
+    TriggerEvent,
+    check_exit,
+    choose_variant,
+    enrollment_seed,
+    preview,
+    should_enroll,
+    step_executor,
+)
+from bot.sop.models import TASK_OPEN_STATES, SopEnrollment, SopTask, TrackedLink
+from bot.sop.timing import due_at
+
+log = logging.getLogger("sopbot.sop")
+
+__all__ = [
+    "Definitions", "content_root", "definitions", "budget_from_env", "customer_views", "handle_events", "enroll",
+    "plan_next", "exit_enrollment", "close_task", "move_open_work", "preview_sop", "render_task", "sign_link",
+    "unsign_link",
+]
+
+# Event kinds that may move a customer into a filter crowd (tags, stage, score, a new follow).
+CROWD_EVENTS = frozenset({"customer_added", "tag_added", "tag_removed", "stage_changed", "stage_reached",
+                          "score_changed"})
+DELETE_EVENTS = frozenset({"customer_deleted_employee", "employee_deleted_customer"})
+TOUCH_WINDOW = timedelta(days=32)  # the budget counts by day and by month: older touches never matter
+
+
+# ------------------------------------------------------------------------------------ definitions
+
+
+class Definitions:
+    """SOP definitions read from the library, reloaded when a file changes (API edits apply at once)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._signature: tuple[tuple[str, int], ...] | None = None
+        self._sops: dict[str, SopDefinition] = {}
+
+    def _current_signature(self) -> tuple[tuple[str, int], ...]:
+        if not self.directory.is_dir():
+            return ()
+        return tuple(sorted((str(p), p.stat().st_mtime_ns) for p in self.directory.rglob("*.y*ml")))
+
+    def get_all(self) -> dict[str, SopDefinition]:
+        signature = self._current_signature()
+        with self._lock:
+            if signature != self._signature:
+                try:
+                    self._sops = load_sops(self.directory) if self.directory.is_dir() else {}
+                except SopDefinitionError as exc:
+                    # Keep running on the last valid set; `sopbot check` and the API show the problems.
+                    log.error("SOP library has problems, keeping the previous definitions: %s", exc)
+                self._signature = signature
+            return dict(self._sops)
+
+
+_DEFINITIONS: dict[str, Definitions] = {}
+
+
+def content_root() -> Path:
+    """The library the service runs on: SOPBOT_CONTENT_DIR, else the packaged scripts_library/content."""
+    from scripts_library import CONTENT_ROOT
+
+    return Path(os.environ.get("SOPBOT_CONTENT_DIR") or CONTENT_ROOT)
+
+
+def sops_dir() -> Path:
+    return content_root() / "sops"
+
+
+def definitions(directory: Path | None = None) -> dict[str, SopDefinition]:
+    directory = directory or sops_dir()
+    key = str(directory)
+    if key not in _DEFINITIONS:
+        _DEFINITIONS[key] = Definitions(directory)
+    return _DEFINITIONS[key].get_all()
+
+
+def budget_from_env(env: Mapping[str, str] | None = None) -> FrequencyBudget:
+    """WeCom's caps by default (mass sends: days-in-month per month; 1 touch per employee per customer per day).
+
+    SOPBOT_SOP_MASS_SENDS_PER_MONTH, SOPBOT_SOP_TOUCHES_PER_DAY and SOPBOT_TIMEZONE change them.
+    """
+    env = os.environ if env is None else env
+    monthly = env.get("SOPBOT_SOP_MASS_SENDS_PER_MONTH")
+    return FrequencyBudget(
+        mass_sends_per_month=int(monthly) if monthly else None,
+        touches_per_employee_per_day=int(env.get("SOPBOT_SOP_TOUCHES_PER_DAY") or 1),
+        timezone=env.get("SOPBOT_TIMEZONE") or "Asia/Shanghai",
+    )
+
+
+# ---------------------------------------------------------------------------------- customer views
+
+
+@dataclass
+class CustomerState:
+    """What the engine needs about one customer, loaded in bulk; `view(owner)` per follow relation."""
+
+    customer: Customer
+    tags: frozenset[str]
+    follows: dict[str, FollowRelation]
+
+    def primary_owner(self) -> str | None:
+        live = [f for f in self.follows.values() if f.deleted_at is None]
+        if not live:
+            return None
+        return max(live, key=lambda f: (f.added_at is not None, f.added_at or f.id, f.id)).userid
+
+    def view(self, owner: str | None) -> CustomerView:
+        c = self.customer
+        follow = self.follows.get(owner or "") if owner else None
+        # A transfer ends the old follow but the work moves with the customer (handover), it does not exit.
+        deleted = c.lost_at is not None or (follow is not None and follow.deleted_at is not None
+                                             and follow.deleted_by != "transfer")
+        custom = c.custom_fields or {}
+        return CustomerView(
+            id=c.external_userid, tags=self.tags, stage=c.stage, channel=follow.state if follow else None,
+            score=float(c.score or 0.0), added_at=follow.added_at if follow else None, owner=owner,
+            deleted=deleted, timezone=str(custom["timezone"]) if custom.get("timezone") else None,
+        )
+
+
+def customer_views(session: Session, customer_ids: Iterable[int]) -> dict[int, CustomerState]:
+    ids = sorted(set(customer_ids))
+    out: dict[int, CustomerState] = {}
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start:start + 1000]
+        customers = {c.id: c for c in session.scalars(select(Customer).where(Customer.id.in_(chunk)))}
+        tags: dict[int, set[str]] = defaultdict(set)
+        for cid, group, name in session.execute(select(CustomerTag.customer_id, CustomerTag.group_name,
+                                                       CustomerTag.name).where(CustomerTag.customer_id.in_(chunk),
+                                                                               CustomerTag.removed_at.is_(None))):
+            tags[cid].add(f"{group}:{name}")
+        follows: dict[int, dict[str, FollowRelation]] = defaultdict(dict)
+        for f in session.scalars(select(FollowRelation).where(FollowRelation.customer_id.in_(chunk))):
+            follows[f.customer_id][f.userid] = f
+        for cid, customer in customers.items():
+            out[cid] = CustomerState(customer, frozenset(tags[cid]), follows[cid])
+    return out
+
+
+# ------------------------------------------------------------------------------------------ touches
+
+
+def touches_for(session: Session, customer_ids: Iterable[int], now: datetime) -> dict[int, list[Touch]]:
+    """Customer-facing tasks sent or scheduled (not skipped) around now: what the budget counts."""
+    out: dict[int, list[Touch]] = defaultdict(list)
+    ids = sorted(set(customer_ids))
+    for start in range(0, len(ids), 1000):
+        rows = session.execute(select(
+            SopTask.customer_id, SopTask.external_userid, SopTask.owner_userid, SopTask.touchpoint, SopTask.due_at,
+            SopTask.sop_id, SopTask.step_id,
+        ).where(SopTask.customer_id.in_(ids[start:start + 1000]), SopTask.state != "skipped",
+                SopTask.touchpoint.in_(tuple(CUSTOMER_TOUCHPOINTS)), SopTask.due_at >= now - TOUCH_WINDOW))
+        for cid, ext, owner, touchpoint, at, sop_id, step_id in rows:
+            out[cid].append(Touch(ext, owner, touchpoint, at, sop_id, step_id))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ timeline
+
+
+def _timeline(ext: str, kind: str, at: datetime, detail: dict[str, Any], key: str,
+              userid: str | None = None) -> RecordTimeline:
+    return RecordTimeline(ext, kind, at, detail=detail, userid=userid, source="sop", dedupe_key=key)
+
+
+# ---------------------------------------------------------------------------------------- planning
+
+
+@dataclass
+class PlanContext:
+    """What planning a step needs beyond the enrollment: the budget, the touches known so far, the clock."""
+
+    budget: FrequencyBudget
+    touches: dict[int, list[Touch]]
+    now: datetime
+    roles: Mapping[str, Sequence[str]] | None = None
+
+
+def plan_next(session: Session, sop: SopDefinition, enrollment: SopEnrollment, view: CustomerView,
+              index: int, previous_due: datetime | None, plan: PlanContext) -> tuple[list[dict[str, Any]],
+                                                                                    list[Action]]:
+    """Rows of the task(s) for step ``index`` onward: normally one; a step skipped by the budget is written
+    as skipped and the one after it planned too. Returns (task rows to insert, timeline actions)."""
+    rows: list[dict[str, Any]] = []
+    actions: list[Action] = []
+    seed = enrollment_seed(sop.id, view.id, enrollment.rotation)
+    touches = plan.touches.setdefault(enrollment.customer_id, [])
+    while index < len(sop.steps):
+        step = sop.steps[index]
+        planned = due_at(step, enrollment.started_at, previous_due, sop.calendar, view.timezone)
+        variant = choose_variant(step, seed)
+        executor = step_executor(sop, step, view, plan.roles) or enrollment.owner_userid
+        row: dict[str, Any] = {
+            "enrollment_id": enrollment.id, "sop_id": sop.id, "step_id": step.id, "step_index": index,
+            "customer_id": enrollment.customer_id, "external_userid": enrollment.external_userid,
+            "owner_userid": executor, "variant_id": variant.id if variant else None,
+            "script_id": variant.script if variant else (step.content or ""), "touchpoint": step.touchpoint,
+            "planned_at": planned, "due_at": planned, "state": "pending", "reason": None,
+            "reminded_count": 0, "detail": {}, "created_at": plan.now,
+        }
+        verdict = plan.budget.decide(view.id, step.touchpoint, executor, planned, touches, sop.capped,
+                                     sop.calendar, view.timezone)
+        rows.append(row)
+        if verdict.allowed:
+            touches.append(Touch(view.id, executor, step.touchpoint, planned, sop.id, step.id))
+            return rows, actions
+        key = f"sop:{enrollment.id}:{step.id}"
+        if verdict.action == "defer" and verdict.defer_until is not None:
+            row["due_at"], row["reason"] = verdict.defer_until, f"频次上限，顺延：{verdict.reason}"
+            touches.append(Touch(view.id, executor, step.touchpoint, verdict.defer_until, sop.id, step.id))
+            actions.append(_timeline(enrollment.external_userid, "sop_step_deferred", plan.now, {
+                "sop": sop.id, "step": step.id, "planned_at": planned.isoformat(),
+                "due_at": verdict.defer_until.isoformat(), "reason": verdict.reason}, f"{key}:deferred", executor))
+            return rows, actions
+        row["state"], row["reason"] = "skipped", f"频次上限，跳过：{verdict.reason}"
+        actions.append(_timeline(enrollment.external_userid, "sop_step_skipped", plan.now, {
+            "sop": sop.id, "step": step.id, "reason": row["reason"]}, f"{key}:skipped", executor))
+        if verdict.action == "drop":
+            actions += _mark_exited(enrollment, f"capped (drop): {verdict.reason}", plan.now)
+            return rows, actions
+        previous_due = planned
+        index += 1
+    if rows and rows[-1]["state"] == "skipped":
+        enrollment.state = "completed"  # the last step was capped away: nothing left to do
+    return rows, actions
+
+
+def insert_tasks(session: Session, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        # Core executemany (not the ORM's bulk path): planning runs for every task the tick claims.
+        session.execute(insert(SopTask.__table__), rows)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------- enrollment
+
+
+def _records(session: Session, customer_id: int) -> list[EnrollmentRecord]:
+    return [EnrollmentRecord(e.sop_id, e.external_userid, e.rotation, e.started_at,
+                             e.exited_at if e.state != "active" else None, e.exit_reason)
+            for e in session.scalars(select(SopEnrollment).where(SopEnrollment.customer_id == customer_id))]
+
+
+def enroll(session: Session, sop: SopDefinition, state: CustomerState, owner: str | None,
+           trigger: TriggerEvent | None, at: datetime, plan: PlanContext) -> list[Action]:
+    """Enroll if the engine says so (crowd/trigger, exit pre-check, uniqueness, re-entry); plan step one."""
+    from bot.apply import insert_ignore
+
+    view = state.view(owner)
+    decision = should_enroll(sop, view, trigger, _records(session, state.customer.id), at)
+    if not decision.enroll:
+        return []
+    inserted = insert_ignore(session, SopEnrollment.__table__, {  # type: ignore[arg-type]
+        "sop_id": sop.id, "customer_id": state.customer.id, "external_userid": state.customer.external_userid,
+        "rotation": decision.rotation, "owner_userid": owner, "started_at": at, "state": "active",
+        "reason": decision.reason, "updated_at": plan.now,
+    }, ["sop_id", "customer_id", "rotation"])
+    if not inserted:
+        return []  # a concurrent apply enrolled the same rotation first: the unique key decides
+    enrollment = session.scalar(select(SopEnrollment).where(
+        SopEnrollment.sop_id == sop.id, SopEnrollment.customer_id == state.customer.id,
+        SopEnrollment.rotation == decision.rotation))
+    assert enrollment is not None
+    if plan.touches.get(state.customer.id) is None:
+        plan.touches.update(touches_for(session, [state.customer.id], plan.now))
+    rows, actions = plan_next(session, sop, enrollment, view, 0, None, plan)
+    insert_tasks(session, rows)
+    actions.insert(0, _timeline(enrollment.external_userid, "sop_enrolled", at, {
+        "sop": sop.id, "rotation": enrollment.rotation, "reason": decision.reason, "owner": owner,
+        "first_step": rows[0]["step_id"] if rows else None,
+        "first_due_at": rows[0]["due_at"].isoformat() if rows else None},
+        f"sop:{enrollment.id}:enrolled", owner))
+    return actions
+
+
+def _mark_exited(enrollment: SopEnrollment, reason: str, now: datetime) -> list[Action]:
+    enrollment.state, enrollment.exited_at, enrollment.exit_reason = "exited", now, reason
+    return [_timeline(enrollment.external_userid, "sop_exited", now, {"sop": enrollment.sop_id,
+                      "rotation": enrollment.rotation, "reason": reason}, f"sop:{enrollment.id}:exited",
+                      enrollment.owner_userid)]
+
+
+def exit_enrollment(session: Session, enrollment: SopEnrollment, reason: str, now: datetime) -> list[Action]:
+    """End the enrollment; its open tasks become skipped with the exit as their reason."""
+    if enrollment.state != "active":
+        return []
+    session.execute(update(SopTask).where(SopTask.enrollment_id == enrollment.id,
+                                          SopTask.state.in_(TASK_OPEN_STATES))
+                    .values(state="skipped", reason=f"退出：{reason}", claimed_by=None, claim_until=None,
+                            completed_at=now))
+    return _mark_exited(enrollment, reason, now)
+
+
+def _trigger_event(kind: str, detail: Mapping[str, Any]) -> TriggerEvent | None:
+    if kind == "customer_added":
+        return TriggerEvent("customer_added", channel=detail.get("state") or None)
+    if kind == "tag_added":
+        return TriggerEvent("tag_added", tag=detail.get("tag"))
+    if kind in ("stage_changed", "stage_reached"):
+        return TriggerEvent("stage_reached", stage=detail.get("stage") or detail.get("to"))
+    return None
+
+
+def is_customer_reply(kind: str, detail: Mapping[str, Any]) -> bool:
+    return kind == "message_received" and detail.get("direction", "customer") == "customer"
+
+
+def handle_events(session: Session, events: Sequence[Any], now: datetime,
+                  sops: Mapping[str, SopDefinition] | None = None,
+                  budget: FrequencyBudget | None = None) -> list[Action]:
+    """React to new domain events: record replies, re-check exits, enroll. Incremental: only the customers
+    the events are about, only their own enrollments."""
+    sops = definitions() if sops is None else sops
+    plan = PlanContext(budget or budget_from_env(), {}, now)
+    actions: list[Action] = []
+    by_customer: dict[int, list[Any]] = defaultdict(list)
+    for event in events:
+        if not event.kind.startswith("sop_"):
+            by_customer[event.customer_id].append(event)
+    if not by_customer:
+        return []
+    states = customer_views(session, by_customer)
+    for customer_id, evs in by_customer.items():
+        state = states.get(customer_id)
+        if state is None:
+            continue
+        active = list(session.scalars(select(SopEnrollment).where(SopEnrollment.customer_id == customer_id,
+                                                                  SopEnrollment.state == "active")))
+        for event in evs:
+            if is_customer_reply(event.kind, event.detail):
+                for enrollment in active:
+                    if event.at > enrollment.started_at and (enrollment.last_reply_at is None
+                                                            or event.at > enrollment.last_reply_at):
+                        enrollment.last_reply_at = event.at
+        for enrollment in active:
+            sop = sops.get(enrollment.sop_id)
+            if sop is None:
+                continue
+            verdict = check_exit(sop, state.view(enrollment.owner_userid), enrollment.started_at,
+                                 enrollment.last_reply_at, now)
+            if verdict.exit:
+                actions += exit_enrollment(session, enrollment, verdict.reason, now)
+        if state.customer.lost_at is not None:
+            continue
+        for sop in sorted(sops.values(), key=lambda s: s.id):
+            if sop.crowd.is_trigger:
+                for event in evs:
+                    trigger = _trigger_event(event.kind, event.detail)
+                    if trigger is None:
+                        continue
+                    owner = event.userid if event.userid in state.follows else state.primary_owner()
+                    actions += enroll(session, sop, state, owner, trigger, event.at, plan)
+            elif any(e.kind in CROWD_EVENTS for e in evs):
+                actions += enroll(session, sop, state, state.primary_owner(), None, max(e.at for e in evs), plan)
+    return actions
+
+
+# ----------------------------------------------------------------------------------------- tasks
+
+
+def close_task(session: Session, task: SopTask, state: str, *, reason: str | None, by: str | None,
+               now: datetime) -> list[Action]:
+    """done | skipped, from the sidebar, the API or WeCom's mass-send result. Closing the last step completes
+    the enrollment. A closed task stays closed (the second click is a no-op)."""
+    if state not in ("done", "skipped"):
+        raise ValueError(f"a task is closed as done or skipped, not {state!r}")
+    if task.state not in TASK_OPEN_STATES:
+        return []
+    task.state, task.reason, task.completed_at, task.completed_by = state, reason, now, by
+    task.claimed_by = task.claim_until = None
+    enrollment = session.get(SopEnrollment, task.enrollment_id)
+    if enrollment is not None and enrollment.state == "active":
+        sop = definitions().get(task.sop_id)
+        last = sop is None or task.step_index >= len(sop.steps) - 1
+        if last:
+            enrollment.state = "completed"
+    kind = "sop_step_done" if state == "done" else "sop_step_skipped"
+    return [_timeline(task.external_userid, kind, now, {
+        "sop": task.sop_id, "step": task.step_id, "variant": task.variant_id, "script": task.script_id,
+        "touchpoint": task.touchpoint, "reason": reason, "by": by}, f"sop_task:{task.id}:{state}", by)]
+
+
+def move_open_work(session: Session, external_userid: str, from_userid: str, to_userid: str,
+                   now: datetime) -> int:
+    """Handover: the customer's open enrollments and their open tasks move from one employee to another.
+
+    Called by the handover area once WeCom reports the transfer done. Returns the tasks moved. The
+    enrollments keep running (a handover is not an exit); the move is recorded on the timeline.
+    """
+    from bot.apply import apply
+
+    enrollments = list(session.scalars(select(SopEnrollment).where(
+        SopEnrollment.external_userid == external_userid, SopEnrollment.state == "active",
+        SopEnrollment.owner_userid == from_userid)))
+    for enrollment in enrollments:
+        enrollment.owner_userid = to_userid
+    moved = session.execute(update(SopTask).where(
+        SopTask.external_userid == external_userid, SopTask.owner_userid == from_userid,
+        SopTask.state.in_(TASK_OPEN_STATES)).values(owner_userid=to_userid))
+    count = int(getattr(moved, "rowcount", 0) or 0)
+    if enrollments or count:
+        apply([_timeline(external_userid, "sop_work_moved", now, {
+            "from": from_userid, "to": to_userid, "enrollments": [e.sop_id for e in enrollments],
+            "tasks": count}, f"sop_moved:{external_userid}:{from_userid}:{to_userid}:{now.isoformat()}", to_userid)],
+            session, now=now, context_key=f"sop_handover:{external_userid}")
+    return count
+
+
+# --------------------------------------------------------------------------------------- preview
+
+
+def preview_sop(session: Session, sop: SopDefinition, now: datetime, days: int, *, limit: int = 500,
+                budget: FrequencyBudget | None = None) -> list[PreviewRow]:
+    """Dry run over current customers (one view per live follow relation's primary owner). Reads only."""
+    ids = list(session.scalars(select(Customer.id).where(Customer.lost_at.is_(None)).order_by(Customer.id)
+                               .limit(limit)))
+    states = customer_views(session, ids)
+    views = [s.view(s.primary_owner()) for s in states.values()]
+    existing = [EnrollmentRecord(e.sop_id, e.external_userid, e.rotation, e.started_at,
+                                 e.exited_at if e.state != "active" else None, e.exit_reason)
+                for e in session.scalars(select(SopEnrollment).where(SopEnrollment.sop_id == sop.id,
+                                                                     SopEnrollment.customer_id.in_(ids)))]
+    touches = [t for ts in touches_for(session, ids, now).values() for t in ts]
+    return preview(sop, views, now, days, existing=existing, budget=budget or budget_from_env(), touches=touches)
+
+
+# ------------------------------------------------------------------------------------ tracked links
+
+
+LINK_SALT = "sopbot.tracked-link"
+
+
+def sign_link(secret: str, link_id: int) -> str:
+    """Compact token: base-36 id + HMAC signature (itsdangerous, keyed by SOPBOT_SECRET_KEY)."""
+    return Signer(secret, salt=LINK_SALT).sign(_b36(link_id)).decode()
+
+
+def unsign_link(secret: str, token: str) -> int | None:
+    try:
+        raw = Signer(secret, salt=LINK_SALT).unsign(token.encode())
+        return int(raw.decode(), 36)
+    except (BadSignature, ValueError, UnicodeError):
+        return None
+
+
+def _b36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+def tracked_url(session: Session, secret: str, public_url: str, *, customer_id: int, external_userid: str,
+                userid: str, sop_id: str, script_id: str, step_id: str, url: str, title: str | None) -> str:
+    from bot.apply import insert_ignore
+
+    url_hash = hashlib.sha256(url.encode()).hexdigest()
+    key = {"customer_id": customer_id, "userid": userid, "script_id": script_id, "step_id": step_id,
+           "url_hash": url_hash}
+    insert_ignore(session, TrackedLink.__table__, {  # type: ignore[arg-type]
+        **key, "external_userid": external_userid, "sop_id": sop_id, "url": url, "title": (title or "")[:255]},
+        list(key))
+    link_id = session.scalar(select(TrackedLink.id).where(*(getattr(TrackedLink, k) == v for k, v in key.items())))
+    assert link_id is not None
+    return f"{public_url}/t/{sign_link(secret, link_id)}"
+
+
+def render_task(session: Session, task: SopTask, *, secret: str, public_url: str, company: str,
+                now: datetime, tz: Any) -> Any:
+    """The task's script rendered for its customer, links rewritten to tracked links. RenderedScript."""
+    from scripts_library import load_library
+    from scripts_library.render import LinkContext, make_context, render_script
+
+    script = load_library(content_root()).get(task.script_id)
+    customer = session.get(Customer, task.customer_id)
+    assert customer is not None
+    owner = task.owner_userid or ""
+    employee = session.get(Employee, owner) if owner else None
+    remark = session.scalar(select(FollowRelation.remark).where(FollowRelation.customer_id == customer.id,
+                                                                FollowRelation.userid == owner))
+    tags = sorted(customer_views(session, [customer.id])[customer.id].tags)
+    context = make_context(
+        customer={"id": customer.external_userid, "name": customer.name or "您", "remark": remark or "",
+                  "company": customer.corp_name or "", "gender": customer.gender or 0, "tags": tags,
+                  "custom": dict(customer.custom_fields or {}), "stage": customer.stage,
+                  "score": customer.score or 0},
+        owner={"name": (employee.name if employee else "") or owner, "userid": owner},
+        company={"name": company or "我们"}, now=now.astimezone(tz))
+
+    def rewrite(url: str, ctx: LinkContext) -> str:
+        return tracked_url(session, secret, public_url, customer_id=customer.id,
+                           external_userid=customer.external_userid, userid=owner, sop_id=task.sop_id,
+                           script_id=ctx.script_id, step_id=task.step_id, url=url, title=ctx.title)
+
+    return render_script(script, context, rewrite)
