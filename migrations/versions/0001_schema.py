@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 15:13:15.201319
+Create Date: 2026-11-23 15:48:36.678227
 """
 from __future__ import annotations
 
@@ -89,6 +89,38 @@ def upgrade() -> None:
     with op.batch_alter_table('group_chats', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_group_chats_owner'), ['owner'], unique=False)
 
+    op.create_table('handovers',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('from_userid', sa.String(length=64), nullable=False),
+    sa.Column('to_userid', sa.String(length=64), nullable=False),
+    sa.Column('scope', sa.String(length=16), nullable=False),
+    sa.Column('requested', sa.JSON(), nullable=False),
+    sa.Column('groups', sa.String(length=16), nullable=False),
+    sa.Column('requested_groups', sa.JSON(), nullable=False),
+    sa.Column('message', sa.Text(), nullable=True),
+    sa.Column('initiator_userid', sa.String(length=64), nullable=True),
+    sa.Column('source', sa.String(length=32), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('status_reason', sa.Text(), nullable=True),
+    sa.Column('dedupe_key', sa.String(length=255), nullable=True),
+    sa.Column('created_at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('planned_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('finished_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('next_poll_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('polls', sa.Integer(), nullable=False),
+    sa.Column('brief_sent_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('extra', sa.JSON(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('dedupe_key')
+    )
+    with op.batch_alter_table('handovers', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_handovers_from_userid'), ['from_userid'], unique=False)
+        batch_op.create_index(batch_op.f('ix_handovers_status'), ['status'], unique=False)
+        batch_op.create_index('ix_handovers_status_poll', ['status', 'next_poll_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_handovers_to_userid'), ['to_userid'], unique=False)
+
     op.create_table('inbox_events',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('corp_id', sa.String(length=64), nullable=False),
@@ -114,6 +146,61 @@ def upgrade() -> None:
     sa.Column('updated_at', bot.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('key')
     )
+    op.create_table('lead_assignments',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('external_userid', sa.String(length=64), nullable=False),
+    sa.Column('userid', sa.String(length=64), nullable=False),
+    sa.Column('reason', sa.String(length=32), nullable=False),
+    sa.Column('over_capacity', sa.Boolean(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('assigned_at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('accept_by', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('accepted_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('escalated_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('escalated_to', sa.String(length=64), nullable=True),
+    sa.Column('first_touch_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('first_touch_kind', sa.String(length=32), nullable=True),
+    sa.Column('closed_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('close_reason', sa.Text(), nullable=True),
+    sa.Column('previous_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('lead_assignments', schema=None) as batch_op:
+        batch_op.create_index('ix_lead_assignments_assigned_at', ['assigned_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_lead_assignments_customer_id'), ['customer_id'], unique=False)
+        batch_op.create_index('ix_lead_assignments_status_accept_by', ['status', 'accept_by'], unique=False)
+        batch_op.create_index('ix_lead_assignments_user_status', ['userid', 'status'], unique=False)
+
+    op.create_table('lead_stage_changes',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('from_stage', sa.String(length=16), nullable=False),
+    sa.Column('to_stage', sa.String(length=16), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('demotion', sa.Boolean(), nullable=False),
+    sa.Column('by', sa.String(length=64), nullable=True),
+    sa.Column('at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('lead_stage_changes', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_lead_stage_changes_customer_id'), ['customer_id'], unique=False)
+        batch_op.create_index('ix_lead_stage_changes_to_at', ['to_stage', 'at'], unique=False)
+
+    op.create_table('lead_states',
+    sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=False, nullable=False),
+    sa.Column('armed', sa.JSON(), nullable=False),
+    sa.Column('fit', sa.Float(), nullable=False),
+    sa.Column('engagement', sa.Float(), nullable=False),
+    sa.Column('scored_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('recompute_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('reached_rank', sa.Integer(), nullable=False),
+    sa.Column('stage_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('customer_id')
+    )
+    with op.batch_alter_table('lead_states', schema=None) as batch_op:
+        batch_op.create_index('ix_lead_states_recompute', ['recompute_at'], unique=False)
+
     op.create_table('outbox',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('kind', sa.String(length=64), nullable=False),
@@ -136,6 +223,86 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_outbox_kind'), ['kind'], unique=False)
         batch_op.create_index('ix_outbox_status_next', ['status', 'next_attempt_at'], unique=False)
 
+    op.create_table('score_ledger',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('rule_id', sa.String(length=64), nullable=False),
+    sa.Column('event_id', sa.String(length=255), nullable=False),
+    sa.Column('event_kind', sa.String(length=64), nullable=False),
+    sa.Column('points', sa.Integer(), nullable=False),
+    sa.Column('dimension', sa.String(length=16), nullable=False),
+    sa.Column('at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('customer_id', 'rule_id', 'event_id', name='uq_score_ledger_event')
+    )
+    with op.batch_alter_table('score_ledger', schema=None) as batch_op:
+        batch_op.create_index('ix_score_ledger_customer_at', ['customer_id', 'at'], unique=False)
+
+    op.create_table('tagging_messages',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('source', sa.String(length=16), nullable=False),
+    sa.Column('msgid', sa.String(length=128), nullable=False),
+    sa.Column('direction', sa.String(length=16), nullable=False),
+    sa.Column('msgtype', sa.String(length=32), nullable=False),
+    sa.Column('external_userid', sa.String(length=64), nullable=True),
+    sa.Column('userid', sa.String(length=64), nullable=True),
+    sa.Column('chat_id', sa.String(length=64), nullable=True),
+    sa.Column('open_kfid', sa.String(length=64), nullable=True),
+    sa.Column('text', sa.Text(), nullable=True),
+    sa.Column('sent_at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('received_at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('processed_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('raw', sa.JSON(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('source', 'msgid', name='uq_tagging_message')
+    )
+    with op.batch_alter_table('tagging_messages', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_tagging_messages_external_userid'), ['external_userid'], unique=False)
+        batch_op.create_index('ix_tagging_messages_status', ['status'], unique=False)
+
+    op.create_table('tagging_rule_hits',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('rule_id', sa.String(length=64), nullable=False),
+    sa.Column('rule_kind', sa.String(length=16), nullable=False),
+    sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('external_userid', sa.String(length=64), nullable=False),
+    sa.Column('at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('applied', sa.Boolean(), nullable=False),
+    sa.Column('decision', sa.String(length=255), nullable=False),
+    sa.Column('evidence', sa.JSON(), nullable=False),
+    sa.Column('hit_key', sa.String(length=255), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('hit_key')
+    )
+    with op.batch_alter_table('tagging_rule_hits', schema=None) as batch_op:
+        batch_op.create_index('ix_report_rule_hits_kind_at', ['rule_kind', 'at'], unique=False)
+        batch_op.create_index('ix_tagging_rule_hits_rule_customer', ['rule_id', 'customer_id', 'at'], unique=False)
+
+    op.create_table('tagging_rules',
+    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('definition', sa.JSON(), nullable=False),
+    sa.Column('created_at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    op.create_table('tracked_links',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('external_userid', sa.String(length=64), nullable=False),
+    sa.Column('userid', sa.String(length=64), nullable=False),
+    sa.Column('sop_id', sa.String(length=64), nullable=False),
+    sa.Column('script_id', sa.String(length=128), nullable=False),
+    sa.Column('step_id', sa.String(length=64), nullable=False),
+    sa.Column('url', sa.Text(), nullable=False),
+    sa.Column('url_hash', sa.String(length=64), nullable=False),
+    sa.Column('title', sa.String(length=255), nullable=True),
+    sa.Column('created_at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('customer_id', 'userid', 'script_id', 'step_id', 'url_hash', name='uq_tracked_link')
+    )
     op.create_table('customer_tags',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -176,6 +343,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_follow_relations_customer_id'), ['customer_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_follow_relations_state'), ['state'], unique=False)
         batch_op.create_index(batch_op.f('ix_follow_relations_userid'), ['userid'], unique=False)
+        batch_op.create_index('ix_report_follow_added_state', ['added_at', 'state'], unique=False)
 
     op.create_table('group_members',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -192,6 +360,69 @@ def upgrade() -> None:
     with op.batch_alter_table('group_members', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_group_members_chat_id'), ['chat_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_group_members_member_id'), ['member_id'], unique=False)
+
+    op.create_table('handover_groups',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('handover_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('chat_id', sa.String(length=64), nullable=False),
+    sa.Column('batch_no', sa.Integer(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('errcode', sa.Integer(), nullable=True),
+    sa.Column('reason', sa.Text(), nullable=True),
+    sa.Column('claim_token', sa.String(length=64), nullable=True),
+    sa.Column('called_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['handover_id'], ['handovers.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('handover_id', 'chat_id', name='uq_handover_group')
+    )
+    with op.batch_alter_table('handover_groups', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_handover_groups_handover_id'), ['handover_id'], unique=False)
+
+    op.create_table('handover_items',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('handover_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('external_userid', sa.String(length=64), nullable=False),
+    sa.Column('batch_no', sa.Integer(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('errcode', sa.Integer(), nullable=True),
+    sa.Column('wecom_status', sa.Integer(), nullable=True),
+    sa.Column('reason', sa.Text(), nullable=True),
+    sa.Column('claim_token', sa.String(length=64), nullable=True),
+    sa.Column('called_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('takeover_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('finished_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('work_moved', sa.Boolean(), nullable=False),
+    sa.Column('notified_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['handover_id'], ['handovers.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('handover_id', 'external_userid', name='uq_handover_item')
+    )
+    with op.batch_alter_table('handover_items', schema=None) as batch_op:
+        batch_op.create_index('ix_handover_items_batch', ['handover_id', 'batch_no'], unique=False)
+        batch_op.create_index(batch_op.f('ix_handover_items_claim_token'), ['claim_token'], unique=False)
+        batch_op.create_index('ix_handover_items_ext_called', ['external_userid', 'called_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_handover_items_handover_id'), ['handover_id'], unique=False)
+
+    op.create_table('sop_enrollments',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('sop_id', sa.String(length=64), nullable=False),
+    sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('external_userid', sa.String(length=64), nullable=False),
+    sa.Column('rotation', sa.Integer(), nullable=False),
+    sa.Column('owner_userid', sa.String(length=64), nullable=True),
+    sa.Column('started_at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('exited_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('exit_reason', sa.Text(), nullable=True),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('last_reply_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('updated_at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('sop_id', 'customer_id', 'rotation', name='uq_sop_enrollment')
+    )
+    with op.batch_alter_table('sop_enrollments', schema=None) as batch_op:
+        batch_op.create_index('ix_sop_enrollments_customer_state', ['customer_id', 'state'], unique=False)
 
     op.create_table('timeline_entries',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -211,22 +442,86 @@ def upgrade() -> None:
         batch_op.create_index('ix_timeline_customer_at', ['customer_id', 'at'], unique=False)
         batch_op.create_index('ix_timeline_kind_at', ['kind', 'at'], unique=False)
 
+    op.create_table('sop_tasks',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('enrollment_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('sop_id', sa.String(length=64), nullable=False),
+    sa.Column('step_id', sa.String(length=64), nullable=False),
+    sa.Column('step_index', sa.Integer(), nullable=False),
+    sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('external_userid', sa.String(length=64), nullable=False),
+    sa.Column('owner_userid', sa.String(length=64), nullable=True),
+    sa.Column('variant_id', sa.String(length=64), nullable=True),
+    sa.Column('script_id', sa.String(length=128), nullable=False),
+    sa.Column('touchpoint', sa.String(length=16), nullable=False),
+    sa.Column('planned_at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('due_at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=True),
+    sa.Column('claimed_by', sa.String(length=64), nullable=True),
+    sa.Column('claim_until', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('claim_kind', sa.String(length=16), nullable=True),
+    sa.Column('reminded_count', sa.Integer(), nullable=False),
+    sa.Column('last_reminded_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('escalated_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('msgid', sa.String(length=128), nullable=True),
+    sa.Column('completed_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('completed_by', sa.String(length=64), nullable=True),
+    sa.Column('detail', sa.JSON(), nullable=False),
+    sa.Column('created_at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['enrollment_id'], ['sop_enrollments.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('enrollment_id', 'step_id', name='uq_sop_task_step')
+    )
+    with op.batch_alter_table('sop_tasks', schema=None) as batch_op:
+        batch_op.create_index('ix_report_sop_tasks_completed', ['completed_at'], unique=False)
+        batch_op.create_index('ix_report_sop_tasks_due_owner', ['due_at', 'owner_userid'], unique=False)
+        batch_op.create_index('ix_sop_tasks_claim', ['claimed_by'], unique=False)
+        batch_op.create_index('ix_sop_tasks_customer', ['customer_id'], unique=False)
+        batch_op.create_index('ix_sop_tasks_owner_state', ['owner_userid', 'state'], unique=False)
+        batch_op.create_index('ix_sop_tasks_state_due', ['state', 'due_at'], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('sop_tasks', schema=None) as batch_op:
+        batch_op.drop_index('ix_sop_tasks_state_due')
+        batch_op.drop_index('ix_sop_tasks_owner_state')
+        batch_op.drop_index('ix_sop_tasks_customer')
+        batch_op.drop_index('ix_sop_tasks_claim')
+        batch_op.drop_index('ix_report_sop_tasks_due_owner')
+        batch_op.drop_index('ix_report_sop_tasks_completed')
+
+    op.drop_table('sop_tasks')
     with op.batch_alter_table('timeline_entries', schema=None) as batch_op:
         batch_op.drop_index('ix_timeline_kind_at')
         batch_op.drop_index('ix_timeline_customer_at')
 
     op.drop_table('timeline_entries')
+    with op.batch_alter_table('sop_enrollments', schema=None) as batch_op:
+        batch_op.drop_index('ix_sop_enrollments_customer_state')
+
+    op.drop_table('sop_enrollments')
+    with op.batch_alter_table('handover_items', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_handover_items_handover_id'))
+        batch_op.drop_index('ix_handover_items_ext_called')
+        batch_op.drop_index(batch_op.f('ix_handover_items_claim_token'))
+        batch_op.drop_index('ix_handover_items_batch')
+
+    op.drop_table('handover_items')
+    with op.batch_alter_table('handover_groups', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_handover_groups_handover_id'))
+
+    op.drop_table('handover_groups')
     with op.batch_alter_table('group_members', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_group_members_member_id'))
         batch_op.drop_index(batch_op.f('ix_group_members_chat_id'))
 
     op.drop_table('group_members')
     with op.batch_alter_table('follow_relations', schema=None) as batch_op:
+        batch_op.drop_index('ix_report_follow_added_state')
         batch_op.drop_index(batch_op.f('ix_follow_relations_userid'))
         batch_op.drop_index(batch_op.f('ix_follow_relations_state'))
         batch_op.drop_index(batch_op.f('ix_follow_relations_customer_id'))
@@ -237,17 +532,56 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_customer_tags_customer_id'))
 
     op.drop_table('customer_tags')
+    op.drop_table('tracked_links')
+    op.drop_table('tagging_rules')
+    with op.batch_alter_table('tagging_rule_hits', schema=None) as batch_op:
+        batch_op.drop_index('ix_tagging_rule_hits_rule_customer')
+        batch_op.drop_index('ix_report_rule_hits_kind_at')
+
+    op.drop_table('tagging_rule_hits')
+    with op.batch_alter_table('tagging_messages', schema=None) as batch_op:
+        batch_op.drop_index('ix_tagging_messages_status')
+        batch_op.drop_index(batch_op.f('ix_tagging_messages_external_userid'))
+
+    op.drop_table('tagging_messages')
+    with op.batch_alter_table('score_ledger', schema=None) as batch_op:
+        batch_op.drop_index('ix_score_ledger_customer_at')
+
+    op.drop_table('score_ledger')
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_status_next')
         batch_op.drop_index(batch_op.f('ix_outbox_kind'))
 
     op.drop_table('outbox')
+    with op.batch_alter_table('lead_states', schema=None) as batch_op:
+        batch_op.drop_index('ix_lead_states_recompute')
+
+    op.drop_table('lead_states')
+    with op.batch_alter_table('lead_stage_changes', schema=None) as batch_op:
+        batch_op.drop_index('ix_lead_stage_changes_to_at')
+        batch_op.drop_index(batch_op.f('ix_lead_stage_changes_customer_id'))
+
+    op.drop_table('lead_stage_changes')
+    with op.batch_alter_table('lead_assignments', schema=None) as batch_op:
+        batch_op.drop_index('ix_lead_assignments_user_status')
+        batch_op.drop_index('ix_lead_assignments_status_accept_by')
+        batch_op.drop_index(batch_op.f('ix_lead_assignments_customer_id'))
+        batch_op.drop_index('ix_lead_assignments_assigned_at')
+
+    op.drop_table('lead_assignments')
     op.drop_table('kv')
     with op.batch_alter_table('inbox_events', schema=None) as batch_op:
         batch_op.drop_index('ix_inbox_status_next')
         batch_op.drop_index(batch_op.f('ix_inbox_events_event_key'))
 
     op.drop_table('inbox_events')
+    with op.batch_alter_table('handovers', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_handovers_to_userid'))
+        batch_op.drop_index('ix_handovers_status_poll')
+        batch_op.drop_index(batch_op.f('ix_handovers_status'))
+        batch_op.drop_index(batch_op.f('ix_handovers_from_userid'))
+
+    op.drop_table('handovers')
     with op.batch_alter_table('group_chats', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_group_chats_owner'))
 
