@@ -30,7 +30,7 @@ from bot.actions import (
 from bot.db import utcnow
 from bot.models import KV, CorpTag, Customer, CustomerTag, Employee, FollowRelation
 from bot.services import Services
-from bot.wecom.client import WeComError, WeComNotFound, WeComTransientError
+from bot.wecom.client import WeComError, WeComNotFound, WeComTokenError, WeComTransientError
 from jobs.wecom_calls import GiveUp, Outbox, Outcome, Retry, executor
 
 log = logging.getLogger("sopbot.jobs.executors")
@@ -50,7 +50,9 @@ def _ts(value: Any) -> datetime | None:
 
 def _policy(exc: WeComError) -> Exception:
     """Map a client error onto the row's retry policy: Retry (later) or GiveUp (recorded, final)."""
-    if isinstance(exc, WeComTransientError) or exc.errcode is None:  # None: network/HTTP after client retries
+    # None: network/HTTP after the client's retries; a token error right after a refresh (the token was
+    # invalidated again in between) is also worth another try later, not a permanent failure.
+    if isinstance(exc, WeComTransientError | WeComTokenError) or exc.errcode is None:
         return Retry(str(exc))
     return GiveUp(f"{exc.errcode}: {exc.errmsg}")
 

@@ -178,6 +178,14 @@ class SimHarness:
         self.state, self.server, self.client = state, server, client
         self.http = requests.Session()
         self.responses: list[int] = []
+        # hold=True keeps emitted callbacks in `held` instead of posting them (to redeliver them at will)
+        self.hold = False
+        self.held: list[tuple[dict[str, str], bytes | str]] = []
+
+    def deliver(self, query: dict[str, str], body: bytes | str) -> int:
+        resp = self.client.post("/wecom/callback", query_string=query, data=body, content_type="text/xml")
+        self.responses.append(resp.status_code)
+        return int(resp.status_code)
 
     def control(self, path: str, body: Any = None) -> Any:
         resp = self.http.post(f"{self.server.base_url}/_sim/{path}", json=body or {}, timeout=30)
@@ -210,8 +218,10 @@ def sim(services: Services, client: Any) -> Iterator[SimHarness]:
     harness: SimHarness
 
     def post(url: str, query: dict[str, str], body: bytes | str) -> None:
-        resp = client.post("/wecom/callback", query_string=query, data=body, content_type="text/xml")
-        harness.responses.append(resp.status_code)
+        if harness.hold:
+            harness.held.append((dict(query), body))
+        else:
+            harness.deliver(query, body)
 
     app = create_simulator_app(state, {"callback_token": settings.callback_token,
                                        "encoding_aes_key": settings.encoding_aes_key,

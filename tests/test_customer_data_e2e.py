@@ -119,3 +119,23 @@ def test_welcome_after_the_window_is_not_sent(client: Any, services: Services, s
         row = s.scalars(select(Outbox).where(Outbox.kind == "send_welcome")).one()
         assert row.status == "failed" and "deadline" in (row.last_error or "")
     assert added["welcome_code"]
+
+
+def test_token_error_twice_in_a_row_is_retried_not_failed(client: Any, services: Services, sim: SimHarness) -> None:
+    # 42001 on the call and again right after the refresh: the client gives up on this attempt, the row retries.
+    sim.control("faults", {"next": {"externalcontact/mark_tag": [42001, 42001]}})
+    ext = sim.control("actions/add_customer", {"userid": "WangFang", "name": "两次过期", "state": "webinar"})
+    run_worker(services)
+    with services.transaction() as s:
+        row = s.scalars(select(Outbox).where(Outbox.kind == "mark_tag")).one()
+        assert row.status == "retry" and "42001" in (row.last_error or "")
+    from datetime import timedelta
+
+    from bot.db import utcnow
+    from jobs.sweeper import sweep
+
+    sweep(services, utcnow() + timedelta(minutes=5))
+    run_worker(services)
+    ext_id = ext["external_userid"]
+    marks = [c for c in sim.ok_calls("externalcontact/mark_tag") if c["body"]["external_userid"] == ext_id]
+    assert len(marks) == 1
