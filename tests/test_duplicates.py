@@ -13,7 +13,7 @@ from bot.services import Services
 from tests.conftest import SimHarness, run_worker
 
 # bench-sized runs (10,000 events) live in bench/; the suite runs the same check scaled down
-EVENTS = int(os.environ.get("SOPBOT_DUPLICATE_EVENTS", "150"))
+EVENTS = int(os.environ.get("SOPBOT_DUPLICATE_EVENTS", "150" if os.environ.get("CI") else "60"))
 
 
 def test_redelivered_events_are_processed_exactly_once(services: Services, sim: SimHarness) -> None:
