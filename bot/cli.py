@@ -124,6 +124,22 @@ def sync(reset: bool, no_groups: bool) -> None:
                f"{' (resumed)' if report.resumed else ''}, {report.groups} groups")
 
 
+@main.command()
+@click.option("--no-callback", is_flag=True, help="Skip the callback URL self-test.")
+def doctor(no_callback: bool) -> None:
+    """Check configuration, database, Redis, WeCom (token, permissions, trusted IP, ticket) and the callback URL."""
+    from bot.doctor import run_doctor
+
+    report = run_doctor(callback=not no_callback)
+    for check in report.checks:
+        mark = click.style("✔", fg="green") if check.ok else click.style("✘", fg="red")
+        click.echo(f"{mark} {check.name}" + (f": {check.detail}" if check.detail else ""))
+        if not check.ok and check.fix:
+            click.echo(f"    修复 fix: {check.fix}")
+    click.echo("all checks passed" if report.ok else f"{sum(not c.ok for c in report.checks)} problem(s) found")
+    raise SystemExit(0 if report.ok else 1)
+
+
 def _apply_dev_defaults(host: str, port: int, simulator: bool) -> list[str]:
     """Embedded defaults for `sopbot dev`: the demo corp played by the simulator, dev secrets."""
     applied = []
