@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: demo test lint typecheck pytest venv bench clean migration
+.PHONY: demo test lint typecheck pytest venv bench clean migration browser
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "sopbot needs Python 3.11 or newer on PATH (python3.11, python3.12 …)"; exit 1; }
@@ -30,7 +30,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# Browser tests drive the distribution's Chromium (never a downloaded browser). Installed when missing
+# and we are root (or have passwordless sudo); otherwise the browser tests skip loudly (and fail in CI).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Chromium and a CJK font from the distribution's packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-wqy-microhei >/dev/null; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-wqy-microhei >/dev/null; \
+	else echo "!!! WARNING: cannot install Chromium (needs root + apt-get): browser tests will be SKIPPED (and FAIL when CI=true)"; fi
+
+pytest: $(STAMP) browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

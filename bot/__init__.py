@@ -46,6 +46,7 @@ def init_app(app: Flask, services: Services) -> None:
         app.register_blueprint(area.bp)
     app.register_blueprint(health_bp)
     app.register_blueprint(links.links_bp)
+    __import__("bot.sidebar", fromlist=["register"]).register(app)  # the sidebar pages and /sidebar/api
     init_observability(app)
     logging.getLogger("sopbot").setLevel(logging.INFO)
 
