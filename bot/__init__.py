@@ -45,8 +45,13 @@ def init_app(app: Flask, services: Services) -> None:
     for area in (api_tagging, api_sop, api_handover):
         app.register_blueprint(area.bp)
     app.register_blueprint(health_bp)
+    from bot.handover.views import bp as handover_views_bp
+
+    app.register_blueprint(handover_views_bp)
     app.register_blueprint(links.links_bp)
-    __import__("bot.sidebar", fromlist=["register"]).register(app)  # the sidebar pages and /sidebar/api
+    from bot.sidebar import register as register_sidebar
+
+    register_sidebar(app)  # the sidebar pages and /sidebar/api
     init_observability(app)
     logging.getLogger("sopbot").setLevel(logging.INFO)
 
