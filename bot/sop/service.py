@@ -16,18 +16,20 @@ batch) and returns the timeline actions to record, so the caller applies them in
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from itsdangerous import BadSignature, Signer
-from sqlalchemy import insert, select, update
+from sqlalchemy import BigInteger, Integer, String, Table, any_, bindparam, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from bot.actions import Action, RecordTimeline
@@ -136,17 +138,21 @@ def budget_from_env(env: Mapping[str, str] | None = None) -> FrequencyBudget:
 
 @dataclass
 class CustomerState:
-    """What the engine needs about one customer, loaded in bulk; `view(owner)` per follow relation."""
+    """What the engine needs about one customer, loaded in bulk; `view(owner)` per follow relation.
 
-    customer: Customer
+    `customer` and `follows` are plain rows (the columns below), not ORM objects: the tick builds one per
+    claimed task, and identity-mapped instances cost several times the read itself. Nothing writes them.
+    """
+
+    customer: Any  # Row: id, external_userid, stage, score, custom_fields, lost_at
     tags: frozenset[str]
-    follows: dict[str, FollowRelation]
+    follows: dict[str, Any]  # userid -> Row: id, userid, state, added_at, deleted_at, deleted_by
 
     def primary_owner(self) -> str | None:
         live = [f for f in self.follows.values() if f.deleted_at is None]
         if not live:
             return None
-        return max(live, key=lambda f: (f.added_at is not None, f.added_at or f.id, f.id)).userid
+        return str(max(live, key=lambda f: (f.added_at is not None, f.added_at or f.id, f.id)).userid)
 
     def view(self, owner: str | None) -> CustomerView:
         c = self.customer
@@ -162,19 +168,39 @@ class CustomerState:
         )
 
 
+_CUSTOMER_COLUMNS = (Customer.id, Customer.external_userid, Customer.stage, Customer.score, Customer.custom_fields,
+                     Customer.lost_at)
+_FOLLOW_COLUMNS = (FollowRelation.id, FollowRelation.customer_id, FollowRelation.userid, FollowRelation.state,
+                   FollowRelation.added_at, FollowRelation.deleted_at, FollowRelation.deleted_by)
+READ_CHUNK = 5000  # ids per IN list: well under SQLite's and psycopg's bind-parameter limits
+
+
+def any_of(session: Session, column: Any, values: Sequence[Any]) -> Any:
+    """`column IN values` for the bulk reads and writes of the tick.
+
+    On PostgreSQL one array parameter (`= ANY(%s)`): an expanded IN of thousands of placeholders costs more
+    to render and for psycopg to parse than the query takes to run. SQLite has no arrays: plain IN.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        element = BigInteger() if isinstance(column.type, (Integer, BigInteger)) else String()
+        return column == any_(bindparam(None, list(values), type_=ARRAY(element)))
+    return column.in_(values)
+
+
 def customer_views(session: Session, customer_ids: Iterable[int]) -> dict[int, CustomerState]:
     ids = sorted(set(customer_ids))
     out: dict[int, CustomerState] = {}
-    for start in range(0, len(ids), 1000):
-        chunk = ids[start:start + 1000]
-        customers = {c.id: c for c in session.scalars(select(Customer).where(Customer.id.in_(chunk)))}
+    for start in range(0, len(ids), READ_CHUNK):
+        chunk = ids[start:start + READ_CHUNK]
+        customers = {c.id: c for c in session.execute(select(*_CUSTOMER_COLUMNS).where(
+            any_of(session, Customer.id, chunk)))}
         tags: dict[int, set[str]] = defaultdict(set)
-        for cid, group, name in session.execute(select(CustomerTag.customer_id, CustomerTag.group_name,
-                                                       CustomerTag.name).where(CustomerTag.customer_id.in_(chunk),
-                                                                               CustomerTag.removed_at.is_(None))):
+        for cid, group, name in session.execute(
+                select(CustomerTag.customer_id, CustomerTag.group_name, CustomerTag.name)
+                .where(any_of(session, CustomerTag.customer_id, chunk), CustomerTag.removed_at.is_(None))):
             tags[cid].add(f"{group}:{name}")
-        follows: dict[int, dict[str, FollowRelation]] = defaultdict(dict)
-        for f in session.scalars(select(FollowRelation).where(FollowRelation.customer_id.in_(chunk))):
+        follows: dict[int, dict[str, Any]] = defaultdict(dict)
+        for f in session.execute(select(*_FOLLOW_COLUMNS).where(any_of(session, FollowRelation.customer_id, chunk))):
             follows[f.customer_id][f.userid] = f
         for cid, customer in customers.items():
             out[cid] = CustomerState(customer, frozenset(tags[cid]), follows[cid])
@@ -188,11 +214,11 @@ def touches_for(session: Session, customer_ids: Iterable[int], now: datetime) ->
     """Customer-facing tasks sent or scheduled (not skipped) around now: what the budget counts."""
     out: dict[int, list[Touch]] = defaultdict(list)
     ids = sorted(set(customer_ids))
-    for start in range(0, len(ids), 1000):
+    for start in range(0, len(ids), READ_CHUNK):
         rows = session.execute(select(
             SopTask.customer_id, SopTask.external_userid, SopTask.owner_userid, SopTask.touchpoint, SopTask.due_at,
             SopTask.sop_id, SopTask.step_id,
-        ).where(SopTask.customer_id.in_(ids[start:start + 1000]), SopTask.state != "skipped",
+        ).where(any_of(session, SopTask.customer_id, ids[start:start + READ_CHUNK]), SopTask.state != "skipped",
                 SopTask.touchpoint.in_(tuple(CUSTOMER_TOUCHPOINTS)), SopTask.due_at >= now - TOUCH_WINDOW))
         for cid, ext, owner, touchpoint, at, sop_id, step_id in rows:
             out[cid].append(Touch(ext, owner, touchpoint, at, sop_id, step_id))
@@ -211,16 +237,92 @@ def _timeline(ext: str, kind: str, at: datetime, detail: dict[str, Any], key: st
 
 
 @dataclass
+class EnrollmentRow:
+    """An enrollment read as a plain row, for the tick's bulk path (same attribute names as SopEnrollment).
+
+    Planning and exits may change state/exited_at/exit_reason; the caller writes changed rows back in bulk
+    (`changed()` tells which), so a batch of thousands costs one executemany instead of a unit-of-work flush.
+    """
+
+    id: int
+    sop_id: str
+    customer_id: int
+    external_userid: str
+    rotation: int
+    owner_userid: str | None
+    started_at: datetime
+    state: str
+    last_reply_at: datetime | None
+    exited_at: datetime | None = None
+    exit_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        self._loaded = (self.state, self.exited_at, self.exit_reason)
+
+    def changed(self) -> bool:
+        return (self.state, self.exited_at, self.exit_reason) != self._loaded
+
+
+EnrollmentLike = SopEnrollment | EnrollmentRow
+
+_ENROLLMENT_COLUMNS = (SopEnrollment.id, SopEnrollment.sop_id, SopEnrollment.customer_id,
+                       SopEnrollment.external_userid, SopEnrollment.rotation, SopEnrollment.owner_userid,
+                       SopEnrollment.started_at, SopEnrollment.state, SopEnrollment.last_reply_at,
+                       SopEnrollment.exited_at, SopEnrollment.exit_reason)
+
+
+def enrollment_rows(session: Session, ids: Iterable[int]) -> dict[int, EnrollmentRow]:
+    ordered = sorted(set(ids))
+    out: dict[int, EnrollmentRow] = {}
+    for start in range(0, len(ordered), READ_CHUNK):
+        for row in session.execute(select(*_ENROLLMENT_COLUMNS).where(
+                any_of(session, SopEnrollment.id, ordered[start:start + READ_CHUNK]))):
+            out[row.id] = EnrollmentRow(*row)
+    return out
+
+
+def save_enrollment_rows(session: Session, rows: Iterable[EnrollmentRow], now: datetime) -> int:
+    """Write back the enrollments planning or an exit changed (one executemany)."""
+    changed = [{"_id": e.id, "_state": e.state, "_exited_at": e.exited_at, "_exit_reason": e.exit_reason,
+                "_updated_at": now} for e in rows if e.changed()]
+    if changed:
+        session.execute(update(SopEnrollment.__table__).where(  # type: ignore[arg-type]
+            SopEnrollment.__table__.c.id == bindparam("_id")).values(
+            state=bindparam("_state"), exited_at=bindparam("_exited_at"), exit_reason=bindparam("_exit_reason"),
+            updated_at=bindparam("_updated_at")), changed)
+    return len(changed)
+
+
+DueKey = tuple[str, int, datetime, datetime | None, str | None]
+
+
+@dataclass
 class PlanContext:
-    """What planning a step needs beyond the enrollment: the budget, the touches known so far, the clock."""
+    """What planning a step needs beyond the enrollment: the budget, the touches known so far, the clock.
+
+    `due_times` memoises `due_at` per (sop, step, start, previous due, customer zone): a tick plans the
+    same step for whole cohorts that enrolled together, and the calendar walk is the costly part.
+    """
 
     budget: FrequencyBudget
     touches: dict[int, list[Touch]]
     now: datetime
     roles: Mapping[str, Sequence[str]] | None = None
+    due_times: dict[DueKey, datetime] = field(default_factory=dict)
+
+    def due(self, sop: SopDefinition, index: int, started_at: datetime, previous_due: datetime | None,
+            customer_tz: str | None) -> datetime:
+        key = (sop.id, index, started_at, previous_due, customer_tz)
+        found = self.due_times.get(key)
+        if found is None:
+            if len(self.due_times) > 100_000:  # bounded: a tick of scattered start times must not grow it
+                self.due_times.clear()
+            found = self.due_times[key] = due_at(sop.steps[index], started_at, previous_due, sop.calendar,
+                                                 customer_tz)
+        return found
 
 
-def plan_next(session: Session, sop: SopDefinition, enrollment: SopEnrollment, view: CustomerView,
+def plan_next(session: Session, sop: SopDefinition, enrollment: EnrollmentLike, view: CustomerView,
               index: int, previous_due: datetime | None, plan: PlanContext) -> tuple[list[dict[str, Any]],
                                                                                     list[Action]]:
     """Rows of the task(s) for step ``index`` onward: normally one; a step skipped by the budget is written
@@ -231,7 +333,7 @@ def plan_next(session: Session, sop: SopDefinition, enrollment: SopEnrollment, v
     touches = plan.touches.setdefault(enrollment.customer_id, [])
     while index < len(sop.steps):
         step = sop.steps[index]
-        planned = due_at(step, enrollment.started_at, previous_due, sop.calendar, view.timezone)
+        planned = plan.due(sop, index, enrollment.started_at, previous_due, view.timezone)
         variant = choose_variant(step, seed)
         executor = step_executor(sop, step, view, plan.roles) or enrollment.owner_userid
         row: dict[str, Any] = {
@@ -269,10 +371,35 @@ def plan_next(session: Session, sop: SopDefinition, enrollment: SopEnrollment, v
     return rows, actions
 
 
+COPY_FROM = 200  # rows: below this an executemany is as quick and simpler to read in the logs
+
+
+def bulk_insert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows (same keys each) in the session's transaction.
+
+    PostgreSQL: COPY FROM STDIN on the session's own connection. psycopg's executemany binds and sends
+    each row separately, which cost the tick more than planning the rows did; COPY streams them in one go.
+    Elsewhere (SQLite) a Core executemany, already a single prepared statement.
+    """
+    if not rows:
+        return
+    if session.get_bind().dialect.name != "postgresql" or len(rows) < COPY_FROM:
+        session.execute(insert(table), rows)
+        return
+    columns = list(rows[0])
+    driver = session.connection().connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy(
+            f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            # dicts/lists are the JSON columns (detail, payload): COPY takes their text form.
+            copy.write_row([json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
+                            for v in (row[name] for name in columns)])
+
+
 def insert_tasks(session: Session, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        # Core executemany (not the ORM's bulk path): planning runs for every task the tick claims.
-        session.execute(insert(SopTask.__table__), rows)  # type: ignore[arg-type]
+    # Planning runs for every task the tick claims: no ORM unit of work, the bulk path.
+    bulk_insert(session, SopTask.__table__, rows)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------- enrollment
@@ -316,14 +443,14 @@ def enroll(session: Session, sop: SopDefinition, state: CustomerState, owner: st
     return actions
 
 
-def _mark_exited(enrollment: SopEnrollment, reason: str, now: datetime) -> list[Action]:
+def _mark_exited(enrollment: EnrollmentLike, reason: str, now: datetime) -> list[Action]:
     enrollment.state, enrollment.exited_at, enrollment.exit_reason = "exited", now, reason
     return [_timeline(enrollment.external_userid, "sop_exited", now, {"sop": enrollment.sop_id,
                       "rotation": enrollment.rotation, "reason": reason}, f"sop:{enrollment.id}:exited",
                       enrollment.owner_userid)]
 
 
-def exit_enrollment(session: Session, enrollment: SopEnrollment, reason: str, now: datetime) -> list[Action]:
+def exit_enrollment(session: Session, enrollment: EnrollmentLike, reason: str, now: datetime) -> list[Action]:
     """End the enrollment; its open tasks become skipped with the exit as their reason."""
     if enrollment.state != "active":
         return []
