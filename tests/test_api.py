@@ -62,3 +62,8 @@ def test_metrics_exposes_callback_counter(client: Any) -> None:
     client.post("/wecom/callback")  # refused: missing signature
     body = client.get("/metrics").data.decode()
     assert 'sopbot_callbacks_total{result="forbidden"}' in body
+
+
+def test_ids_beyond_bigint_are_404_not_server_errors(client: Any) -> None:
+    resp = client.post("/api/v1/tasks/99999999999999999999999/done", headers=ADMIN, json={})
+    assert resp.status_code == 404

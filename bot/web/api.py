@@ -40,6 +40,16 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
+MAX_ID = 2**63 - 1  # BIGINT: a larger number names no row (and would overflow SQLite's INTEGER)
+
+
+def parse_id(raw: str, what: str) -> int:
+    """A row id from the URL, or 404 with a reason: ids are positive integers within BIGINT."""
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+        raise ApiError(404, f"no {what} {raw[:40]}")
+    return int(raw)
+
+
 def _api_error(exc: ApiError) -> ResponseReturnValue:
     return jsonify(error=exc.message), exc.status
 

@@ -14,7 +14,7 @@ from bot.handover.models import Handover
 from bot.handover.service import HandoverRequestError, describe, start_handover, summary, totals_for, validate_request
 from bot.models import Outbox
 from bot.queues import enqueue_outbox
-from bot.web.api import ApiError, _cursor, _limit, _next_cursor, install_api_guards
+from bot.web.api import ApiError, _cursor, _limit, _next_cursor, install_api_guards, parse_id
 from bot.web.openapi import _DT, _NSTR, _PAGE_PARAMS, _STR, _json, _ok, _page
 
 bp = Blueprint("api_handover", __name__, url_prefix="/api/v1")
@@ -70,10 +70,8 @@ def list_handovers() -> ResponseReturnValue:
 
 @bp.get("/handovers/<handover_id>")
 def get_handover(handover_id: str) -> ResponseReturnValue:
-    if not handover_id.isdigit():
-        raise ApiError(404, f"handover {handover_id} not found")
     with get_services().transaction() as session:
-        detail = describe(session, int(handover_id))
+        detail = describe(session, parse_id(handover_id, "handover"))
     if detail is None:
         raise ApiError(404, f"handover {handover_id} not found")
     return jsonify(detail)

@@ -28,7 +28,7 @@ from bot.db import utcnow
 from bot.sop.definition import SopDefinition
 from bot.sop.models import TASK_STATES, SopTask
 from bot.sop.service import close_task, content_root, definitions, preview_sop
-from bot.web.api import ApiError, install_api_guards
+from bot.web.api import ApiError, install_api_guards, parse_id
 from scripts_library.loader import Script, load_scripts
 from scripts_library.validate import validate_library
 
@@ -298,9 +298,7 @@ def list_tasks() -> ResponseReturnValue:
 
 
 def _close(raw_id: str, state: str) -> ResponseReturnValue:
-    if not raw_id.isdigit():
-        raise ApiError(404, f"no task {raw_id}")
-    task_id = int(raw_id)
+    task_id = parse_id(raw_id, "task")
     body = request.get_json(silent=True) or {}
     reason = body.get("reason")
     if state == "skipped" and not (isinstance(reason, str) and reason.strip()):
