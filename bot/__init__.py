@@ -40,18 +40,21 @@ def init_app(app: Flask, services: Services) -> None:
     app.extensions["sopbot"] = services
     app.register_blueprint(callback_bp)
     app.register_blueprint(api_bp)
-    from bot.web import api_handover, api_sop, api_tagging, links
+    from bot.web import api_handover, api_scoring, api_sop, api_tagging, links
 
-    for area in (api_tagging, api_sop, api_handover):
+    for area in (api_tagging, api_sop, api_handover, api_scoring):
         app.register_blueprint(area.bp)
     app.register_blueprint(health_bp)
     from bot.handover.views import bp as handover_views_bp
 
     app.register_blueprint(handover_views_bp)
-    app.register_blueprint(links.links_bp)
     from bot.sidebar import register as register_sidebar
 
     register_sidebar(app)  # the sidebar pages and /sidebar/api
+    app.register_blueprint(links.links_bp)
+    from bot.dashboard.views import bp as dashboard_bp
+
+    app.register_blueprint(dashboard_bp)  # /dashboard
     init_observability(app)
     logging.getLogger("sopbot").setLevel(logging.INFO)
 

@@ -504,5 +504,6 @@ def _(action: RecordUnknown, ctx: ApplyContext) -> None:
 executes = _apply.register
 
 from bot.handover import apply_handover as _handover  # noqa: E402,F401
+from bot.scoring import apply_scoring as _scoring  # noqa: E402,F401
 from bot.sop import apply_sop as _sop  # noqa: E402,F401
 from bot.tagging import apply_tagging as _tagging  # noqa: E402,F401

@@ -248,5 +248,6 @@ class KV(Base):
 
 # Area models live beside their code; importing them here registers them on Base.metadata.
 from bot.handover import models as _handover_models  # noqa: E402,F401
+from bot.scoring import models as _scoring_models  # noqa: E402,F401
 from bot.sop import models as _sop_models  # noqa: E402,F401
 from bot.tagging import models as _tagging_models  # noqa: E402,F401

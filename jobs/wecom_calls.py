@@ -74,6 +74,7 @@ def run_outbox(outbox_id: int) -> str:
 def run_outbox_row(services: Services, outbox_id: int, now: datetime | None = None) -> str:
     import jobs.executors  # noqa: F401 - these imports register the executors
     import jobs.handover  # noqa: F401
+    import jobs.scoring  # noqa: F401
     import jobs.sop  # noqa: F401
     import jobs.tagging  # noqa: F401
 

@@ -50,7 +50,7 @@ INBOX = {"type": "object", "required": ["id", "event_key", "status"], "propertie
 EXT_PARAM = {"name": "external_userid", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
 
 
-AREA_API_MODULES = ("bot.web.api_tagging", "bot.web.api_sop", "bot.web.api_handover")
+AREA_API_MODULES = ("bot.web.api_tagging", "bot.web.api_sop", "bot.web.api_handover", "bot.web.api_scoring")
 
 
 def openapi_document() -> dict[str, Any]:
@@ -77,8 +77,10 @@ def _core_document() -> dict[str, Any]:
                 "responses": _ok(_page(INBOX), 400)}},
             "/customers": {"get": {
                 "summary": "Customers with filters and cursor paging",
-                "parameters": [*({"name": n, "in": "query", "schema": _STR}
-                                 for n in ("tag", "owner", "stage", "channel", "q")),
+                "parameters": [{"name": "tag", "in": "query", "schema": {"type": "string", "pattern": "^[^:]+:.+$"},
+                                "description": "a corp tag written group:name"},
+                               *({"name": n, "in": "query", "schema": _STR}
+                                 for n in ("owner", "stage", "channel", "q")),
                                *({"name": n, "in": "query", "schema": {"type": "string", "format": "date-time"}}
                                  for n in ("added_from", "added_to")), *_PAGE_PARAMS],
                 "responses": _ok(_page(CUSTOMER), 400)}},

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 15:48:36.678227
+Create Date: 2026-11-23 16:14:03.095178
 """
 from __future__ import annotations
 
@@ -439,6 +439,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('dedupe_key')
     )
     with op.batch_alter_table('timeline_entries', schema=None) as batch_op:
+        batch_op.create_index('ix_report_timeline_replies', ['customer_id', 'at'], unique=False, postgresql_where=sa.text("kind = 'message_received'"), sqlite_where=sa.text("kind = 'message_received'"))
         batch_op.create_index('ix_timeline_customer_at', ['customer_id', 'at'], unique=False)
         batch_op.create_index('ix_timeline_kind_at', ['kind', 'at'], unique=False)
 
@@ -498,6 +499,7 @@ def downgrade() -> None:
     with op.batch_alter_table('timeline_entries', schema=None) as batch_op:
         batch_op.drop_index('ix_timeline_kind_at')
         batch_op.drop_index('ix_timeline_customer_at')
+        batch_op.drop_index('ix_report_timeline_replies', postgresql_where=sa.text("kind = 'message_received'"), sqlite_where=sa.text("kind = 'message_received'"))
 
     op.drop_table('timeline_entries')
     with op.batch_alter_table('sop_enrollments', schema=None) as batch_op:

@@ -1,0 +1,41 @@
+"""Lead scoring in the apply pipeline: every new timeline entry may score, move the stage and route.
+
+The subscriber only groups the events by customer into one `ScoreDomainEvents` action; its executor runs
+in the same transaction as the timeline entry (so Customer.score, Customer.stage, the ledger rows, the
+stage log, the assignment and its notification commit with the event that caused them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.actions import Action
+from bot.apply import ApplyContext, DomainEvent, _apply, executes, subscribe
+from bot.models import Customer
+from bot.scoring import service
+
+__all__ = ["ScoreDomainEvents"]
+
+# Our own timeline kinds never score (and must not loop through the cascade).
+_IGNORED_PREFIXES = ("stage_changed", "lead_")
+
+
+@dataclass(frozen=True)
+class ScoreDomainEvents(Action):
+    customer_id: int
+    events: tuple[DomainEvent, ...]
+
+
+@subscribe
+def _on_events(ctx: ApplyContext, events: list[DomainEvent]) -> list[Action]:
+    relevant = [e for e in events if not e.kind.startswith(_IGNORED_PREFIXES)]
+    return [ScoreDomainEvents(cid, tuple(evs)) for cid, evs in service.group_by_customer(relevant).items()]
+
+
+@executes
+def _(action: ScoreDomainEvents, ctx: ApplyContext) -> None:
+    customer = ctx.session.get(Customer, action.customer_id)
+    if customer is None:
+        return
+    for follow_up in service.apply_domain_events(ctx.session, customer, action.events, ctx.now):
+        _apply(follow_up, ctx)
