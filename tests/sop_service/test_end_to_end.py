@@ -95,3 +95,25 @@ def test_mass_send_step_completes_from_wecom_result(client: Any, services: Servi
     run_worker(services)
     (done,) = tasks(services, ext)
     assert done.state == "done" and done.reason == "群发已发送"
+
+
+def test_a_real_customer_reply_with_an_exit_keyword_stops_the_nurture(client: Any, services: Services,
+                                                                       sim: SimHarness) -> None:
+    """The whole path: the customer writes in WeChat customer service; kf_msg_or_event -> kf/sync_msg ->
+    keyword rule 价格 -> tag 意向:询价 (the nurture's exit) -> the remaining steps are skipped."""
+    ext = sim.control("actions/add_customer", {"userid": "WangFang", "name": "李雷", "state": "webinar"})[
+        "external_userid"]
+    run_worker(services)
+    assert "nurture_webinar" in {e.sop_id for e in enrollments(services, ext)}
+
+    kf = sorted(sim.state.kf_accounts)[0]
+    sim.control("actions/kf_message", {"open_kfid": kf, "external_userid": ext, "text": "请问价格多少？"})
+    run_worker(services)
+
+    nurture = next(e for e in enrollments(services, ext) if e.sop_id == "nurture_webinar")
+    assert nurture.state == "exited" and nurture.exit_reason == "tag_added:意向:询价"
+    open_steps = [t for t in tasks(services, ext) if t.sop_id == "nurture_webinar" and t.state in ("pending", "due")]
+    assert open_steps == []
+    tags = client.get(f"/api/v1/customers/{ext}/tags", headers=ADMIN).get_json()["items"]
+    (intent,) = [t for t in tags if (t["group"], t["name"]) == ("意向", "询价")]
+    assert intent["source"] == "keyword_rule" and "价格" in str(intent["reason"])
