@@ -85,8 +85,16 @@ def openapi() -> ResponseReturnValue:
     return jsonify(openapi_document())
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, or 400: every write endpoint takes an object."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "send a JSON object")
+    return data
 
 
 def _limit() -> int:
@@ -142,8 +150,8 @@ def list_inbox() -> ResponseReturnValue:
         rows = session.scalars(stmt).all()
         items = [{
             "id": r.id, "event_key": r.event_key, "status": r.status, "attempts": r.attempts,
-            "received_at": _iso(r.received_at), "processed_at": _iso(r.processed_at),
-            "next_attempt_at": _iso(r.next_attempt_at), "last_error": r.last_error, "payload": r.payload,
+            "received_at": iso(r.received_at), "processed_at": iso(r.processed_at),
+            "next_attempt_at": iso(r.next_attempt_at), "last_error": r.last_error, "payload": r.payload,
         } for r in rows]
     return jsonify(items=items, next_cursor=_next_cursor(rows[-1].id) if len(rows) == limit else None)
 
@@ -154,9 +162,9 @@ def customer_summary(session: Session, c: Customer) -> dict[str, Any]:
     return {
         "external_userid": c.external_userid, "name": c.name, "avatar": c.avatar, "type": c.type,
         "gender": c.gender, "corp_name": c.corp_name, "stage": c.stage, "score": c.score,
-        "created_at": _iso(c.created_at), "lost_at": _iso(c.lost_at),
+        "created_at": iso(c.created_at), "lost_at": iso(c.lost_at),
         "follow_users": [{
-            "userid": f.userid, "state": f.state, "added_at": _iso(f.added_at), "deleted_at": _iso(f.deleted_at),
+            "userid": f.userid, "state": f.state, "added_at": iso(f.added_at), "deleted_at": iso(f.deleted_at),
             "deleted_by": f.deleted_by, "remark": f.remark, "description": f.description, "add_way": f.add_way,
             "half_added": f.half_added,
         } for f in follows],
@@ -169,7 +177,7 @@ def tags_of(session: Session, customer_id: int, include_removed: bool = False) -
         stmt = stmt.where(CustomerTag.removed_at.is_(None))
     return [{
         "group": t.group_name, "name": t.name, "tag_id": t.tag_id, "source": t.source,
-        "reason": t.reason, "applied_at": _iso(t.applied_at), "removed_at": _iso(t.removed_at),
+        "reason": t.reason, "applied_at": iso(t.applied_at), "removed_at": iso(t.removed_at),
     } for t in session.scalars(stmt).all()]
 
 
@@ -190,7 +198,7 @@ def get_customer(external_userid: str) -> ResponseReturnValue:
         body["tags"] = tags_of(session, c.id)
         timeline = session.scalars(select(TimelineEntry).where(TimelineEntry.customer_id == c.id)
                                    .order_by(TimelineEntry.at, TimelineEntry.id).limit(500)).all()
-        body["timeline"] = [{"kind": t.kind, "at": _iso(t.at), "source": t.source, "userid": t.userid,
+        body["timeline"] = [{"kind": t.kind, "at": iso(t.at), "source": t.source, "userid": t.userid,
                              "detail": t.detail} for t in timeline]
         groups = session.execute(
             select(GroupChat.chat_id, GroupChat.name).join(GroupMember, GroupMember.chat_id == GroupChat.chat_id)
@@ -252,7 +260,7 @@ def list_employees() -> ResponseReturnValue:
     with get_services().transaction() as session:
         rows = session.scalars(select(Employee).order_by(Employee.userid)).all()
         items = [{"userid": e.userid, "name": e.name, "department_ids": e.department_ids, "active": e.active,
-                  "manager_userid": e.manager_userid, "left_at": _iso(e.left_at)} for e in rows]
+                  "manager_userid": e.manager_userid, "left_at": iso(e.left_at)} for e in rows]
     return jsonify(items=items)
 
 
@@ -279,6 +287,6 @@ def list_groups() -> ResponseReturnValue:
             members = session.scalars(select(GroupMember).where(GroupMember.chat_id == g.chat_id,
                                                                 GroupMember.left_at.is_(None))).all()
             items.append({"chat_id": g.chat_id, "name": g.name, "owner": g.owner, "notice": g.notice,
-                          "dismissed_at": _iso(g.dismissed_at), "member_count": len(members),
+                          "dismissed_at": iso(g.dismissed_at), "member_count": len(members),
                           "members": [{"id": m.member_id, "type": m.member_type} for m in members]})
     return jsonify(items=items)

@@ -22,24 +22,13 @@ from bot.models import Customer
 from bot.queues import enqueue_outbox
 from bot.scoring import service
 from bot.scoring.models import ASSIGNMENT_STATES, LeadAssignment
-from bot.web.api import ApiError, install_api_guards, parse_id
+from bot.web.api import ApiError, install_api_guards, iso, json_body, parse_id
 from bot.web.openapi import _DT, _NSTR, _STR, _json, _ok
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api_scoring", __name__, url_prefix="/api/v1")
 install_api_guards(bp)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-def _body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise ApiError(400, "send a JSON object")
-    return data
 
 
 def _now() -> datetime:
@@ -76,11 +65,11 @@ def _enqueue(ids: list[int]) -> None:
 
 def assignment_json(row: LeadAssignment) -> dict[str, Any]:
     return {"id": row.id, "external_userid": row.external_userid, "userid": row.userid, "reason": row.reason,
-            "over_capacity": row.over_capacity, "status": row.status, "assigned_at": _iso(row.assigned_at),
-            "accept_by": _iso(row.accept_by), "accepted_at": _iso(row.accepted_at),
-            "escalated_at": _iso(row.escalated_at), "escalated_to": row.escalated_to,
-            "first_touch_at": _iso(row.first_touch_at), "first_touch_kind": row.first_touch_kind,
-            "closed_at": _iso(row.closed_at), "close_reason": row.close_reason, "previous_id": row.previous_id}
+            "over_capacity": row.over_capacity, "status": row.status, "assigned_at": iso(row.assigned_at),
+            "accept_by": iso(row.accept_by), "accepted_at": iso(row.accepted_at),
+            "escalated_at": iso(row.escalated_at), "escalated_to": row.escalated_to,
+            "first_touch_at": iso(row.first_touch_at), "first_touch_kind": row.first_touch_kind,
+            "closed_at": iso(row.closed_at), "close_reason": row.close_reason, "previous_id": row.previous_id}
 
 
 @bp.get("/customers/<external_userid>/score")
@@ -92,7 +81,7 @@ def customer_score(external_userid: str) -> ResponseReturnValue:
 
 @bp.post("/customers/<external_userid>/stage")
 def customer_stage(external_userid: str) -> ResponseReturnValue:
-    body, now = _body(), _now()
+    body, now = json_body(), _now()
     by = str(body.get("by") or "admin")
     with get_services().transaction() as session:
         customer = _customer(session, external_userid)

@@ -28,7 +28,7 @@ from bot.db import utcnow
 from bot.sop.definition import SopDefinition
 from bot.sop.models import TASK_STATES, SopTask
 from bot.sop.service import close_task, content_root, definitions, preview_sop
-from bot.web.api import ApiError, install_api_guards, parse_id
+from bot.web.api import ApiError, install_api_guards, iso, json_body, parse_id
 from scripts_library.loader import Script, load_scripts
 from scripts_library.validate import validate_library
 
@@ -36,17 +36,6 @@ bp = Blueprint("api_sop", __name__, url_prefix="/api/v1")
 install_api_guards(bp)
 
 _WRITE_LOCK = threading.Lock()  # one library edit at a time in this process; files are replaced atomically
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-def _body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise ApiError(400, "send a JSON object")
-    return data
 
 
 # ------------------------------------------------------------------------------------ library edits
@@ -137,7 +126,7 @@ def get_script(script_id: str) -> ResponseReturnValue:
 
 @bp.post("/scripts")
 def create_script() -> ResponseReturnValue:
-    body = _body()
+    body = json_body()
     doc = _script_doc(body)
     if doc["id"] in _scripts():
         raise ApiError(409, f"script {doc['id']!r} exists; PUT /scripts/{doc['id']} to change it")
@@ -157,7 +146,7 @@ def _script_file(script_id: str) -> Path:
 
 @bp.put("/scripts/<script_id>")
 def update_script(script_id: str) -> ResponseReturnValue:
-    doc = _script_doc(_body())
+    doc = _script_doc(json_body())
     if doc["id"] != script_id:
         raise ApiError(400, "the script id in the body must match the URL")
     rel = _script_file(script_id)
@@ -223,7 +212,7 @@ def get_sop(sop_id: str) -> ResponseReturnValue:
 
 @bp.post("/sops")
 def create_sop() -> ResponseReturnValue:
-    doc = _sop_doc(_body())
+    doc = _sop_doc(json_body())
     if doc["id"] in definitions():
         raise ApiError(409, f"SOP {doc['id']!r} exists; PUT /sops/{doc['id']} to change it")
     _write_validated({Path("sops") / f"{doc['id']}.yaml": doc})
@@ -232,7 +221,7 @@ def create_sop() -> ResponseReturnValue:
 
 @bp.put("/sops/<sop_id>")
 def update_sop(sop_id: str) -> ResponseReturnValue:
-    doc = _sop_doc(_body())
+    doc = _sop_doc(json_body())
     if doc["id"] != sop_id:
         raise ApiError(400, "the SOP id in the body must match the URL")
     rel = Path(_sop(sop_id).source).relative_to(content_root())
@@ -267,7 +256,7 @@ def preview(sop_id: str) -> ResponseReturnValue:
         rows = preview_sop(session, sop, now, days, limit=limit)
     return jsonify(sop=sop_id, now=now.isoformat(), days=days, items=[{
         "customer": r.customer_id, "step": r.step_id, "variant": r.variant, "script": r.script_id,
-        "touchpoint": r.touchpoint, "due_at": _iso(r.due_at), "executor": r.executor, "note": r.note}
+        "touchpoint": r.touchpoint, "due_at": iso(r.due_at), "executor": r.executor, "note": r.note}
         for r in rows])
 
 
@@ -277,8 +266,8 @@ def preview(sop_id: str) -> ResponseReturnValue:
 def _task_json(t: SopTask) -> dict[str, Any]:
     return {"id": t.id, "sop": t.sop_id, "step": t.step_id, "variant": t.variant_id, "script": t.script_id,
             "touchpoint": t.touchpoint, "external_userid": t.external_userid, "owner": t.owner_userid,
-            "state": t.state, "reason": t.reason, "planned_at": _iso(t.planned_at), "due_at": _iso(t.due_at),
-            "reminded_count": t.reminded_count, "completed_at": _iso(t.completed_at), "completed_by": t.completed_by}
+            "state": t.state, "reason": t.reason, "planned_at": iso(t.planned_at), "due_at": iso(t.due_at),
+            "reminded_count": t.reminded_count, "completed_at": iso(t.completed_at), "completed_by": t.completed_by}
 
 
 @bp.get("/tasks")
