@@ -63,13 +63,15 @@ def test_stream_with_20_percent_transient_faults(services: Services, sim: SimHar
         follows = s.execute(select(Customer.external_userid, FollowRelation.userid, FollowRelation.state)
                             .join(FollowRelation, FollowRelation.customer_id == Customer.id)).all()
         tagged = s.scalar(select(func.count(func.distinct(CustomerTag.customer_id)))) or 0
-        failed = s.scalars(select(Outbox.kind).where(Outbox.status == "failed")).all()
+        failed = s.execute(select(Outbox.kind, Outbox.last_error).where(Outbox.status == "failed")).all()
     # every customer synced: profile from externalcontact/get, follow relation with its channel
     assert all(names.get(ext, "").startswith("客户") for _, ext in added)
     assert {(ext, u) for ext, u, _ in follows} == {(ext, u) for u, ext in added}
     assert tagged == sum(1 for i in range(CUSTOMERS) if CHANNELS[i % len(CHANNELS)][0])
-    # nothing failed for good: every transient fault was retried until it went through
-    assert failed == [], _failures(services)
+    # Nothing failed for good, except a welcome whose retries all met faults until WeCom's 20 s window
+    # closed: it must not be sent late (send_welcome_msg would refuse it), so it is recorded, never retried.
+    assert all(kind == "send_welcome" and "deadline" in (error or "") for kind, error in failed), _failures(services)
+    assert len(failed) <= CUSTOMERS * 0.02
 
     ok = [c for c in calls if c["errcode"] == 0]
     welcome_codes = Counter(c["body"]["welcome_code"] for c in ok if c["path"] == "externalcontact/send_welcome_msg")
