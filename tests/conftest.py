@@ -234,3 +234,11 @@ def sim(services: Services, client: Any) -> Iterator[SimHarness]:
             agent_id=settings.agent_id, sleep=state.advance, clock=state.now)
         yield harness
     services.__dict__.pop("wecom", None)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """The session's one headless Chromium, shared by the sidebar and dashboard browser tests."""
+    from tests.browser import launch_chromium
+
+    yield from launch_chromium()

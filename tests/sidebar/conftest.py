@@ -7,9 +7,7 @@ they fail under CI=true and are skipped with a loud message elsewhere.
 
 from __future__ import annotations
 
-import os
 import threading
-import warnings
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,9 +23,6 @@ from bot.services import Services
 from bot.sop.models import SopEnrollment, SopTask
 from tests.conftest import SimHarness, run_worker
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # The authorize page is WeCom's; API tests only read the redirect, browser tests use AuthorizeStandIn.
 AUTHORIZE_STANDIN = "http://wecom-authorize.test/connect/oauth2/authorize"
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -143,29 +138,6 @@ def live_server(app: Any, services: Services, sim: SimHarness,
             srv.shutdown()
             srv.server_close()
             th.join(timeout=5)
-
-
-def _no_browser(reason: str) -> None:
-    message = (f"BROWSER TESTS NOT RUN: {reason}. Install Debian's Chromium (`apt-get update && apt-get install -y "
-               "chromium`) and the pinned playwright package into .venv; never `playwright install`.")
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message, pytrace=False)
-    warnings.warn(message, stacklevel=2)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="session")
-def chromium() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _no_browser("the playwright package is not installed in .venv")
-    if not os.access(CHROMIUM, os.X_OK):
-        _no_browser(f"{CHROMIUM} not found")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 # A stand-in for WeCom's injected `wx`: answers the handshake and the context calls like the client does,
