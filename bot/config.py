@@ -13,6 +13,7 @@ SOPBOT_TIMEZONE             zone for employee-facing times                      
 SOPBOT_VAR_DIR              where embedded data lives                               ./var
 SOPBOT_PUBLIC_URL           external base URL (links in app messages)               http://127.0.0.1:8080
 SOPBOT_ADMIN_USERIDS        comma-separated WeCom userids with admin rights         (none)
+SOPBOT_DASHBOARD_ADMINS     comma-separated WeCom userids allowed into /dashboard   (none: token login only)
 SOPBOT_INBOX_MAX_ATTEMPTS   processing attempts before an inbox row is `failed`     5
 WECOM_CORP_ID               corp id (ww...)                                         required
 WECOM_CALLBACK_TOKEN        callback Token (<= 32 letters/digits)                   required
@@ -20,6 +21,7 @@ WECOM_ENCODING_AES_KEY      callback EncodingAESKey (43 chars [A-Za-z0-9])      
 WECOM_AGENT_ID              self-built app agent id (integer)                       required
 WECOM_AGENT_SECRET          self-built app secret                                   required
 WECOM_API_BASE              WeCom API base URL                                      https://qyapi.weixin.qq.com/cgi-bin/
+SOPBOT_LOG_FORMAT           log lines: json (one object a line) or text             text in `sopbot dev`, else json
 =========================== ======================================================= ==========================
 
 A `.env` file in the working directory is read when present (values already in the
@@ -72,6 +74,8 @@ class Settings:
     agent_secret: str
     api_base: str
     max_callback_bytes: int = 1024 * 1024
+    log_format: str | None = None  # json | text; None: the command's default (docs/OPERATIONS.md "Logs")
+    dashboard_admins: frozenset[str] = frozenset()  # SOPBOT_DASHBOARD_ADMINS: WeCom OAuth login to /dashboard
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -161,6 +165,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
     if not attempts_raw.isdigit() or int(attempts_raw) < 1:
         raise ConfigError(f"SOPBOT_INBOX_MAX_ATTEMPTS must be a positive integer, got {attempts_raw!r}")
 
+    log_format = get("SOPBOT_LOG_FORMAT")
+    if log_format is not None and log_format.lower() not in ("json", "text"):
+        raise ConfigError(f"SOPBOT_LOG_FORMAT must be json or text, got {log_format!r}")
+
     admins = frozenset(u.strip() for u in (get("SOPBOT_ADMIN_USERIDS", "") or "").split(",") if u.strip())
     return Settings(
         database_url=database_url,
@@ -178,5 +186,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         agent_id=int(agent_raw),
         agent_secret=agent_secret,
         api_base=api_base,
+        log_format=log_format.lower() if log_format else None,
+        dashboard_admins=frozenset(u.strip() for u in (get("SOPBOT_DASHBOARD_ADMINS", "") or "").split(",")
+                                   if u.strip()),
         extra={k: v for k, v in source.items() if k.startswith(("SOPBOT_", "WECOM_"))},
     )

@@ -20,8 +20,9 @@ from bot.actions import Action, RecordUnknown
 from bot.apply import apply
 from bot.db import rowcount, utcnow
 from bot.events import Event
+from bot.logs import job_context, log_context
 from bot.models import InboxEvent, Outbox
-from bot.observability import JOBS
+from bot.observability import JOB_FAILURES, JOBS, errcode_of
 from bot.queues import enqueue_outbox
 from bot.services import Services
 from bot.store import SqlStore
@@ -42,11 +43,16 @@ def retry_delay(attempts: int) -> timedelta:
 
 def process_event(inbox_id: int) -> str:
     """rq entry point."""
-    return process_inbox_row(get_services(), inbox_id)
+    with job_context("process_event"):
+        return process_inbox_row(get_services(), inbox_id)
 
 
 def process_inbox_row(services: Services, inbox_id: int, now: datetime | None = None) -> str:
-    now = now or utcnow()
+    with log_context(inbox_id=inbox_id):  # every line logged while processing the row carries its id
+        return _process(services, inbox_id, now or utcnow())
+
+
+def _process(services: Services, inbox_id: int, now: datetime) -> str:
     outbox_ids: list[int] = []
     try:
         with services.transaction() as session:
@@ -73,8 +79,9 @@ def process_inbox_row(services: Services, inbox_id: int, now: datetime | None = 
             outbox_ids = apply(actions, session, now=now, context_key=f"inbox:{inbox_id}", inbox_id=inbox_id)
             queued = session.execute(select(Outbox.id, Outbox.queue).where(Outbox.id.in_(outbox_ids))).all()
     except Exception as exc:
-        _record_failure(services, inbox_id, exc, now)
+        outcome = _record_failure(services, inbox_id, exc, now)
         JOBS.labels(kind="process_event", outcome="error").inc()
+        JOB_FAILURES.labels(kind="process_event", outcome=outcome, errcode=errcode_of(exc)).inc()
         raise
     JOBS.labels(kind="process_event", outcome="done").inc()
     if queued:
@@ -85,13 +92,15 @@ def process_inbox_row(services: Services, inbox_id: int, now: datetime | None = 
     return "done"
 
 
-def _record_failure(services: Services, inbox_id: int, exc: BaseException, now: datetime) -> None:
-    """Outside the failed transaction: count the attempt, keep the error, schedule the retry."""
+def _record_failure(services: Services, inbox_id: int, exc: BaseException, now: datetime) -> str:
+    """Outside the failed transaction: count the attempt, keep the error, schedule the retry.
+
+    Returns what became of the row: `retry`, `failed` (for good) or `noop` (no longer open)."""
     error = f"{type(exc).__name__}: {exc}"[:2000]
     with services.transaction() as session:
         row = session.get(InboxEvent, inbox_id)
         if row is None or row.status not in ("pending", "retry"):
-            return
+            return "noop"
         row.attempts += 1
         row.last_error = error
         if row.attempts >= services.settings.inbox_max_attempts:
@@ -103,3 +112,4 @@ def _record_failure(services: Services, inbox_id: int, exc: BaseException, now: 
             row.status = "retry"
             row.next_attempt_at = now + retry_delay(row.attempts)
             log.warning("inbox row will be retried: %s", error, extra={"inbox_id": inbox_id})
+        return str(row.status)

@@ -29,6 +29,7 @@ from bot.actions import Action
 from bot.apply import apply, insert_ignore
 from bot.db import UTCDateTime, utcnow
 from bot.models import Customer, Employee, Outbox
+from bot.observability import REMINDERS
 from bot.queues import enqueue_outbox
 from bot.services import Services
 from bot.sop.apply_sop import CloseSopTask, MassSendCreated
@@ -123,6 +124,8 @@ def tick(services: Services, now: datetime | None = None, *, config: SopTickConf
             if len(held) < config.batch:
                 break
     _build_digests(services, report, now)
+    REMINDERS.labels(kind="remind", outcome="queued").inc(report.digests)
+    REMINDERS.labels(kind="escalate", outcome="queued").inc(report.escalations)
     _poll_mass_sends(services, report, now, config)
     if enqueue and report.outbox_ids:
         with services.transaction() as session:
@@ -361,7 +364,9 @@ def send_digest(services: Services, payload: dict[str, Any], row: Outbox) -> Out
     except WeComError as exc:
         from jobs.executors import _policy
 
+        REMINDERS.labels(kind=payload["kind"], outcome="error").inc()
         raise _policy(exc) from exc
+    REMINDERS.labels(kind=payload["kind"], outcome="sent").inc()
     return Outcome(result={"userid": payload["userid"], "count": payload["count"]})
 
 

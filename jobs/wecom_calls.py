@@ -24,8 +24,9 @@ from sqlalchemy import select, update
 from bot.actions import Action
 from bot.apply import apply
 from bot.db import rowcount, utcnow
+from bot.logs import job_context, log_context
 from bot.models import Outbox
-from bot.observability import JOBS
+from bot.observability import JOB_FAILURES, JOBS, errcode_of
 from bot.queues import enqueue_outbox
 from bot.services import Services
 from jobs.worker import get_services
@@ -68,7 +69,8 @@ def executor(kind: str) -> Callable[[Executor], Executor]:
 
 def run_outbox(outbox_id: int) -> str:
     """rq entry point."""
-    return run_outbox_row(get_services(), outbox_id)
+    with job_context("run_outbox"):
+        return run_outbox_row(get_services(), outbox_id)
 
 
 def run_outbox_row(services: Services, outbox_id: int, now: datetime | None = None) -> str:
@@ -84,13 +86,19 @@ def run_outbox_row(services: Services, outbox_id: int, now: datetime | None = No
             update(Outbox)
             .where(Outbox.id == outbox_id, Outbox.status.in_(("pending", "retry")))
             .where((Outbox.not_before.is_(None)) | (Outbox.not_before <= now))
-            .values(status="running", attempts=Outbox.attempts + 1, next_attempt_at=now + LEASE)
+            .values(status="running", attempts=Outbox.attempts + 1, next_attempt_at=now + lease(services))
         ))
         if not claimed:
             return "noop"
         row = session.get(Outbox, outbox_id)
         assert row is not None  # noqa: S101
         session.expunge(row)
+    with log_context(outbox_id=outbox_id, outbox_kind=row.kind):  # on every line logged during the call
+        return _execute(services, row, now)
+
+
+def _execute(services: Services, row: Outbox, now: datetime) -> str:
+    outbox_id = row.id
     run = EXECUTORS.get(row.kind)
     try:
         if run is None:
@@ -101,6 +109,7 @@ def run_outbox_row(services: Services, outbox_id: int, now: datetime | None = No
     except GiveUp as exc:
         _finish(services, outbox_id, "failed", error=str(exc))
         JOBS.labels(kind=row.kind, outcome="failed").inc()
+        JOB_FAILURES.labels(kind=row.kind, outcome="failed", errcode=errcode_of(exc)).inc()
         log.warning("outbox %s gave up: %s", row.kind, exc, extra={"outbox_id": outbox_id})
         return "failed"
     except Exception as exc:  # transient or unexpected: retried with backoff, bounded
@@ -108,6 +117,7 @@ def run_outbox_row(services: Services, outbox_id: int, now: datetime | None = No
         delay = timedelta(seconds=RETRY_BASE_SECONDS * 2 ** (row.attempts - 1))
         _finish(services, outbox_id, status, error=f"{type(exc).__name__}: {exc}", next_at=now + delay)
         JOBS.labels(kind=row.kind, outcome=status).inc()
+        JOB_FAILURES.labels(kind=row.kind, outcome=status, errcode=errcode_of(exc)).inc()
         log.warning("outbox %s -> %s: %s", row.kind, status, exc, extra={"outbox_id": outbox_id})
         return status
     follow_ups: list[tuple[int, str]] = []
@@ -125,6 +135,12 @@ def run_outbox_row(services: Services, outbox_id: int, now: datetime | None = No
         except RedisError:
             log.warning("follow-up enqueue failed; left for the sweeper", extra={"outbox_id": outbox_id})
     return "done"
+
+
+def lease(services: Services) -> timedelta:
+    """The claim's lease: LEASE, or SOPBOT_OUTBOX_LEASE_SECONDS (short in crash tests, so recovery is quick)."""
+    raw = services.settings.extra.get("SOPBOT_OUTBOX_LEASE_SECONDS")
+    return timedelta(seconds=float(raw)) if raw else LEASE
 
 
 def _finish(services: Services, outbox_id: int, status: str, *, error: str,

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
+
+from rq import SimpleWorker
 
 from bot.config import load_settings
 from bot.services import Services
 
-__all__ = ["get_services", "set_services"]
+__all__ = ["get_services", "set_services", "SopbotWorker"]
 
 _lock = threading.Lock()
 _services: Services | None = None
@@ -33,3 +36,14 @@ def set_services(services: Services | None) -> None:
     global _services, _pid
     with _lock:
         _services, _pid = services, (os.getpid() if services else None)
+
+
+class SopbotWorker(SimpleWorker):
+    """rq's SimpleWorker (jobs run in this process) with `job_id`/`job_kind` on every log line of a job,
+    rq's own lines included."""
+
+    def execute_job(self, job: Any, queue: Any) -> Any:
+        from bot.logs import log_context
+
+        with log_context(job_id=job.id, job_kind=str(job.func_name).rsplit(".", 1)[-1]):
+            return super().execute_job(job, queue)

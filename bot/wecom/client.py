@@ -30,6 +30,8 @@ import redis as redis_lib
 import requests
 from wechatpy.work import WeChatClient
 
+from bot.observability import WECOM_CALLS, api_path_label
+
 __all__ = [
     "DEFAULT_API_BASE",
     "WeComClient",
@@ -396,8 +398,11 @@ class WeComClient(WeChatClient):
             result = {"errmsg": f"{type(exc).__name__}: {exc}"}
         except ValueError as exc:
             result = {"errmsg": f"non-JSON answer: {exc}"}
+        elapsed = time.perf_counter() - started
+        WECOM_CALLS.labels(path=api_path_label(path), errcode="http" if errcode is None else str(errcode)).observe(
+            elapsed)
         if self.observer is not None:
-            self.observer(path, errcode, time.perf_counter() - started)
+            self.observer(path, errcode, elapsed)
         return errcode, result
 
     def _fetch_token(self) -> tuple[str, int]:
