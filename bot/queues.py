@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import redis
 from rq import Queue
@@ -17,7 +19,7 @@ from rq.job import Job, JobStatus
 
 log = logging.getLogger(__name__)
 
-__all__ = ["QUEUE_NAMES", "get_queue", "enqueue_event", "enqueue_outbox", "job_is_live"]
+__all__ = ["QUEUE_NAMES", "get_queue", "enqueue_event", "enqueue_outbox", "job_is_live", "DeadJobCheck"]
 
 # Priority order for workers: welcome messages have a 20 s window; handover batches can wait.
 QUEUE_NAMES = ("realtime", "default", "bulk", "reminders")
@@ -36,18 +38,48 @@ def get_queue(conn: redis.Redis, name: str) -> Queue:
     return Queue(name, connection=conn)
 
 
-def job_is_live(conn: redis.Redis, job_id: str) -> bool:
+@dataclass
+class DeadJobCheck:
+    """For the sweeper's rows still not done after its grace: which of their jobs died with a worker.
+
+    A SIGKILLed worker leaves its job `started`, or, killed between taking it off the queue and starting it,
+    `queued` but in no queue (rq's intermediate list, later dropped by rq's cleanup); rq itself notices only
+    after the job timeout plus its 10-minute maintenance. So a job `started` longer ago than `after` seconds,
+    or `queued` but not in its queue's list, counts as dead. The jobs are idempotent: re-enqueuing one that
+    was in fact still running costs one no-op. Each queue's list is read once per check object (one sweep).
+    """
+
+    after: float
+    queued: dict[str, set[str]] = field(default_factory=dict)
+
+    def dead(self, conn: redis.Redis, job: Job, status: JobStatus | None) -> bool:
+        if status == JobStatus.STARTED and job.started_at is not None:
+            started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=UTC)
+            return (datetime.now(UTC) - started).total_seconds() > self.after
+        if status == JobStatus.QUEUED and job.origin in QUEUE_NAMES:
+            key = get_queue(conn, job.origin).key
+            if key not in self.queued:
+                self.queued[key] = {i.decode() if isinstance(i, bytes) else str(i) for i in conn.lrange(key, 0, -1)}
+            return job.id not in self.queued[key]
+        return False
+
+
+def job_is_live(conn: redis.Redis, job_id: str, *, dead: DeadJobCheck | None = None) -> bool:
     """True while a job with this id is queued, running or scheduled (so re-enqueuing would double it)."""
     try:
-        status = Job.fetch(job_id, connection=conn).get_status(refresh=False)
+        job = Job.fetch(job_id, connection=conn)
     except NoSuchJobError:
+        return False
+    status = job.get_status(refresh=False)
+    if dead is not None and dead.dead(conn, job, status):
         return False
     return status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 
 
-def enqueue_event(conn: redis.Redis, inbox_id: int, *, check_live: bool = False) -> bool:
+def enqueue_event(conn: redis.Redis, inbox_id: int, *, check_live: bool = False,
+                  dead: DeadJobCheck | None = None) -> bool:
     job_id = f"event-{inbox_id}"
-    if check_live and job_is_live(conn, job_id):
+    if check_live and job_is_live(conn, job_id, dead=dead):
         return False
     # One pipelined round trip instead of rq's two: this runs inside every callback request.
     pipe = conn.pipeline()
@@ -59,12 +91,13 @@ def enqueue_event(conn: redis.Redis, inbox_id: int, *, check_live: bool = False)
     return True
 
 
-def enqueue_outbox(conn: redis.Redis, rows: Iterable[tuple[int, str]], *, check_live: bool = False) -> int:
+def enqueue_outbox(conn: redis.Redis, rows: Iterable[tuple[int, str]], *, check_live: bool = False,
+                   dead: DeadJobCheck | None = None) -> int:
     """Enqueue `jobs.wecom_calls.run_outbox(id)` for (id, queue) pairs; returns how many were enqueued."""
     count = 0
     for outbox_id, queue in rows:
         job_id = f"outbox-{outbox_id}"
-        if check_live and job_is_live(conn, job_id):
+        if check_live and job_is_live(conn, job_id, dead=dead):
             continue
         get_queue(conn, queue).enqueue_call(
             "jobs.wecom_calls.run_outbox", args=(outbox_id,), job_id=job_id, timeout=OUTBOX_JOB_TIMEOUT,

@@ -251,6 +251,9 @@ def _resolve_tag_ids(services: Services, names: list[str]) -> dict[str, str]:
 def mark_tag(services: Services, payload: dict[str, Any], row: Outbox) -> Outcome:
     """编辑客户企业标签: one call per (customer, employee) pair with everything this change adds/removes."""
     ids = _resolve_tag_ids(services, list(payload.get("add", [])) + list(payload.get("remove", [])))
+    unresolved = [n for n in payload.get("add", []) if n not in ids]
+    if unresolved:  # never mark "done" with a tag silently left out (seen under API faults): try again later
+        raise Retry(f"corp tag ids not resolved: {unresolved}")
     add = [ids[n] for n in payload.get("add", []) if n in ids]
     remove = [ids[n] for n in payload.get("remove", []) if n in ids]
     if not add and not remove:
