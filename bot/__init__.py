@@ -56,6 +56,7 @@ def init_app(app: Flask, services: Services) -> None:
 
     app.register_blueprint(dashboard_bp)  # /dashboard
     init_observability(app)
+    __import__("bot.web.security", fromlist=["init_security"]).init_security(app)  # docs/SECURITY.md
     logging.getLogger("sopbot").setLevel(logging.INFO)
 
 

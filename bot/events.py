@@ -29,6 +29,20 @@ class EventParseError(ValueError):
     """The payload is not WeCom XML we can read (HTTP 400)."""
 
 
+# WeCom's documents are 3-4 levels deep (xml > list > Item > field); anything far deeper is not WeCom's.
+MAX_XML_DEPTH = 32
+
+
+def _depth_exceeds(root: Element, limit: int) -> bool:
+    stack = [(root, 1)]
+    while stack:
+        el, depth = stack.pop()
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in el)
+    return False
+
+
 def _element_value(el: Element) -> Any:
     children = list(el)
     if not children:
@@ -51,10 +65,15 @@ def parse_xml(xml: str | bytes) -> dict[str, Any]:
         raise EventParseError(f"not well-formed XML: {exc}") from exc
     if root.tag != "xml":
         raise EventParseError(f"root element is <{root.tag}>, expected <xml>")
+    if _depth_exceeds(root, MAX_XML_DEPTH):  # _element_value recurses: a deep document must not reach it
+        raise EventParseError(f"XML nested deeper than {MAX_XML_DEPTH} levels")
     value = _element_value(root)
     if not isinstance(value, dict):
         raise EventParseError("empty <xml> document")
     return value
+
+
+EVENT_KEY_MAX = 128  # inbox_events.event_key is VARCHAR(128); no real key comes near it
 
 
 def event_key_of(fields: Mapping[str, Any]) -> str:
@@ -65,8 +84,8 @@ def event_key_of(fields: Mapping[str, Any]) -> str:
         change = str(fields.get("ChangeType") or "").strip()
         if not name:
             return "event:unknown"
-        return f"{name}:{change}" if change else name
-    return msg_type or "unknown"
+        return (f"{name}:{change}" if change else name)[:EVENT_KEY_MAX]
+    return (msg_type or "unknown")[:EVENT_KEY_MAX]
 
 
 def dedupe_key(corp_id: str, fields: Mapping[str, Any]) -> str:

@@ -120,10 +120,20 @@ def security_headers(resp: Response, script_origin: str = "") -> None:
     resp.headers.setdefault(
         "Content-Security-Policy",
         f"default-src 'none'; script-src {script_src}; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; base-uri 'none'; form-action 'self'",
+        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     )
     resp.headers.setdefault("X-Content-Type-Options", "nosniff")
     resp.headers.setdefault("Referrer-Policy", "same-origin")
+
+
+def json_object() -> dict[str, Any]:
+    """The request's JSON object ({} for an empty body), else 400: a list, a string or bytes is no request."""
+    if not request.get_data(cache=True):
+        return {}
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise SidebarError(400, "请求内容应为 JSON 对象。")
+    return body
 
 
 def me() -> SidebarSession:
@@ -348,7 +358,7 @@ def _parse_tags(values: Any, field: str) -> tuple[TagRef, ...]:
 def edit_tags(external_userid: str) -> ResponseReturnValue:
     """Manual tag edit: the same AddTags/RemoveTags path as the rules (local rows + one mark_tag job)."""
     services = get_services()
-    body = request.get_json(silent=True) or {}
+    body = json_object()
     add, remove = _parse_tags(body.get("add", []), "add"), _parse_tags(body.get("remove", []), "remove")
     note = str(body.get("note") or "").strip()[:MAX_NOTE]
     if not add and not remove:
@@ -426,8 +436,11 @@ def script_messages(external_userid: str, script_id: str) -> ResponseReturnValue
     return _payloads(services, rendered)  # uploads after the transaction: media_id_for opens its own
 
 
+MAX_ID = 2**63 - 1  # BIGINT: a larger id names no task (and would overflow the database driver)
+
+
 def _authorized_task(services: Services, session: Session, task_id: int) -> tuple[tasks.TaskView, Customer]:
-    task = tasks.get_task(session, task_id)
+    task = tasks.get_task(session, task_id) if 0 < task_id <= MAX_ID else None
     userid = me().userid
     if task is None or (task.owner_userid != userid and not is_admin(services, userid)):
         log.warning("sidebar: access denied to a task", extra={"userid": userid, "task_id": task_id})
@@ -453,7 +466,7 @@ def task_messages(task_id: int) -> ResponseReturnValue:
 def _finish_task(task_id: int, skip: bool) -> ResponseReturnValue:
     services = get_services()
     userid = me().userid
-    body = request.get_json(silent=True) or {}
+    body = json_object()
     with services.transaction() as session:
         _authorized_task(services, session, task_id)
         admin = is_admin(services, userid)

@@ -25,6 +25,7 @@ from urllib.parse import urlencode, urlsplit
 
 from flask import redirect, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from redis.exceptions import RedisError
 from werkzeug.wrappers import Response
 
 from bot.services import Services
@@ -33,7 +34,7 @@ from bot.wecom.client import WeComError
 log = logging.getLogger("sopbot.sidebar")
 
 __all__ = [
-    "AUTHORIZE_URL", "SESSION_COOKIE", "SidebarSession", "authorize_redirect", "current_session",
+    "AUTHORIZE_URL", "SESSION_COOKIE", "SidebarSession", "authorize_redirect", "authorize_url", "current_session",
     "finish_login", "is_secure", "safe_next",
 ]
 
@@ -94,19 +95,24 @@ def safe_next(value: str | None) -> str:
     return value
 
 
-def authorize_redirect(services: Services, next_path: str) -> Response:
-    """302 to WeCom's authorize page, binding a fresh state to this browser."""
+def authorize_url(services: Services, callback_path: str, state: str) -> str:
+    """WeCom's authorize URL (snsapi_base) coming back to `callback_path` under SOPBOT_PUBLIC_URL with `state`."""
     s = services.settings
-    state = secrets.token_hex(16)  # [a-zA-Z0-9], far under WeCom's 128 bytes
     query = urlencode({
         "appid": s.corp_id,
-        "redirect_uri": s.public_url + CALLBACK_PATH,
+        "redirect_uri": s.public_url + callback_path,
         "response_type": "code",
         "scope": "snsapi_base",
         "state": state,
         "agentid": str(s.agent_id),
     })
-    resp = redirect(f"{authorize_base(services)}?{query}#wechat_redirect", code=302)
+    return f"{authorize_base(services)}?{query}#wechat_redirect"
+
+
+def authorize_redirect(services: Services, next_path: str) -> Response:
+    """302 to WeCom's authorize page, binding a fresh state to this browser."""
+    state = secrets.token_hex(16)  # [a-zA-Z0-9], far under WeCom's 128 bytes
+    resp = redirect(authorize_url(services, CALLBACK_PATH, state), code=302)
     token = _serializer(services, "sidebar-oauth-state").dumps({"s": state, "n": safe_next(next_path)})
     _set_cookie(resp, services, STATE_COOKIE, token, STATE_MAX_AGE)
     return resp
@@ -118,6 +124,16 @@ class LoginError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+
+
+def _first_use_of_state(services: Services, state: str) -> bool:
+    """Each state finishes one login (SET NX for the state's lifetime). WeCom's code is single-use too,
+    so when Redis is unreachable the login goes on (logged) rather than locking every employee out."""
+    try:
+        return bool(services.redis.set(f"sopbot:sidebar:oauth-state:{state}", b"1", nx=True, ex=STATE_MAX_AGE))
+    except RedisError as exc:
+        log.warning("sidebar oauth: state replay check skipped, Redis unavailable: %s", type(exc).__name__)
+        return True
 
 
 def finish_login(services: Services, code: str | None, state: str | None) -> Response:
@@ -132,6 +148,9 @@ def finish_login(services: Services, code: str | None, state: str | None) -> Res
         raise LoginError(400, "登录已过期或来源不明，请关闭侧边栏后重新打开。")
     if not code:
         raise LoginError(400, "企业微信没有返回授权码，请关闭侧边栏后重新打开。")
+    if not _first_use_of_state(services, state):
+        log.warning("sidebar oauth: a state was replayed")
+        raise LoginError(400, "该登录链接已使用过，请关闭侧边栏后重新打开。")
     try:
         who = services.wecom.auth_getuserinfo(code)
     except WeComError as exc:

@@ -326,8 +326,8 @@ def _parse_calendar(node: Any, p: _P, line: int) -> Calendar:
     tz = str(node.get("timezone", DEFAULT_TZ))
     try:
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        p.err(node.line_of("timezone"), f"unknown time zone {tz!r}")
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file path
+        p.err(node.line_of("timezone"), f"unknown time zone {tz[:80]!r}")
         tz = DEFAULT_TZ
     quiet = None
     if node.get("quiet_hours") is not None:
@@ -563,7 +563,13 @@ def _to_ymap(value: Any) -> Any:
 
 
 def load_sop_file(path: Path) -> SopDefinition:
-    return parse_sop(load_yaml(path), str(path))
+    try:
+        data = load_yaml(path)
+    except RecursionError as exc:  # PyYAML composes recursively: thousands of nested [ or { exhaust the stack
+        raise SopDefinitionError([Problem(str(path), 1, "YAML: nested too deeply")]) from exc
+    except (ValueError, TypeError) as exc:  # an int beyond 4300 digits, a 13th month, `{[a]: b}` (unhashable key)
+        raise SopDefinitionError([Problem(str(path), 1, f"YAML: invalid value: {exc}")]) from exc
+    return parse_sop(data, str(path))
 
 
 def load_sops(directory: Path | str) -> dict[str, SopDefinition]:

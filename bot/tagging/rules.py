@@ -157,6 +157,11 @@ def _construct_mapping(loader: _LineLoader, node: MappingNode) -> _LineDict:
     result.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:  # `? [a, b]: x` or `{[a]: x}`: SafeLoader's own mapping refuses these the same way
+            raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                    "found an unhashable key", key_node.start_mark) from None
         if key in result.key_lines:
             # PyYAML keeps the last value silently; a duplicated "keywords:" would lose half a rule.
             loader.duplicate_keys.append(f"{key_node.start_mark.line + 1}: duplicate key {key!r}")
@@ -634,18 +639,24 @@ def load_rule_file(path: str | Path) -> RuleSet:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise RuleError([f"{path}: cannot read: {exc}"]) from exc
-    loader = _LineLoader(text)
-    loader.duplicate_keys = []
+    loader: _LineLoader | None = None
     try:
+        loader = _LineLoader(text)  # the reader refuses control characters here already
+        loader.duplicate_keys = []
         data = loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         raise RuleError([f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from exc
+    except RecursionError as exc:  # PyYAML composes recursively: thousands of nested [ or { exhaust the stack
+        raise RuleError([f"{path}:1: invalid YAML: nested too deeply"]) from exc
+    except ValueError as exc:  # a scalar PyYAML cannot convert: an int beyond 4300 digits, a 13th month …
+        raise RuleError([f"{path}:1: invalid YAML value: {exc}"]) from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if loader.duplicate_keys:
         raise RuleError([f"{path}:{msg}" for msg in loader.duplicate_keys])
     return parse_rule_document(data, str(path))

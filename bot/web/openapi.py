@@ -59,6 +59,11 @@ def openapi_document() -> dict[str, Any]:
     doc = _core_document()
     for name in AREA_API_MODULES:
         doc["paths"].update(importlib.import_module(name).OPENAPI_PATHS)
+    # Every route may answer 400 before its view runs: NUL characters or JSON nested too deeply (bot/web/security.py).
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and "responses" in operation:  # skip path-level "parameters"
+                operation["responses"].setdefault("400", {"description": "bad request", **_json(_ERROR)})
     return doc
 
 
