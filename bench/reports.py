@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import Engine, create_engine, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 import bot.models  # noqa: E402,F401 - registers every table
@@ -80,7 +80,7 @@ def load(customers: int, timeline: int) -> None:
     Base.metadata.create_all(engine)
     big = [t for t in Base.metadata.sorted_tables if t.name in (
         "timeline_entries", "customers", "follow_relations", "sop_tasks", "score_ledger", "tagging_rule_hits",
-        "lead_states", "lead_stage_changes", "lead_assignments", "sop_enrollments")]
+        "lead_states", "lead_stage_changes", "lead_assignments", "sop_enrollments", "sop_step_outcomes")]
     with engine.begin() as c:  # indexes are built after the load: much faster than maintaining them row by row
         for table in big:
             for index in table.indexes:
@@ -247,6 +247,36 @@ def load(customers: int, timeline: int) -> None:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
         c.execute(text("VACUUM ANALYZE"))
     print(f"  vacuum analyze in {time.perf_counter() - started:.1f} s", flush=True)
+    build_rollups(engine)
+
+
+# The rollup the apply pipeline keeps as steps, messages and ledger rows are written (bot/scoring/outcomes.py),
+# built here in one statement from the same definition: first customer message / positive intent keyword within
+# 48 h after the step was done.
+OUTCOMES_SQL = """
+INSERT INTO sop_step_outcomes (task_id, customer_id, sop_id, step_id, variant_id, done_at, replied_at, inquired_at)
+SELECT t.id, t.customer_id, t.sop_id, t.step_id, t.variant_id, t.completed_at,
+  (SELECT min(e.at) FROM timeline_entries e WHERE e.customer_id = t.customer_id AND e.kind = 'message_received'
+     AND e.at > t.completed_at AND e.at <= t.completed_at + interval '48 hours'),
+  (SELECT min(l.at) FROM score_ledger l WHERE l.customer_id = t.customer_id AND l.event_kind = 'keyword_rule_fired'
+     AND l.points > 0 AND l.at > t.completed_at AND l.at <= t.completed_at + interval '48 hours')
+FROM sop_tasks t WHERE t.state = 'done' AND t.completed_at IS NOT NULL
+"""
+
+
+def build_rollups(engine: Engine) -> None:
+    """Create missing tables/indexes of the current models and fill an empty `sop_step_outcomes` (so a data set
+    loaded by an earlier version of this script is reused with --skip-load)."""
+    Base.metadata.create_all(engine)  # only what is missing: a table added to the models since the load
+    with engine.begin() as c:
+        if c.execute(text("SELECT count(*) FROM sop_step_outcomes")).scalar_one():
+            return
+        started = time.perf_counter()
+        c.execute(text("SET LOCAL work_mem = '256MB'"))
+        n = c.execute(text(OUTCOMES_SQL)).rowcount
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.execute(text("VACUUM ANALYZE sop_step_outcomes"))
+    print(f"  filled sop_step_outcomes ({n:,} done steps) in {time.perf_counter() - started:.1f} s", flush=True)
 
 
 def measure(days: int, runs: int = 3) -> dict[str, tuple[float, int]]:
@@ -284,9 +314,12 @@ def main() -> None:
         load(args.customers, args.timeline)
         print(f"load total {time.perf_counter() - started:.0f} s", flush=True)
     engine = create_engine(URL)
+    if args.skip_load:
+        build_rollups(engine)
     with engine.connect() as c:
         counts = {t: c.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in (  # noqa: S608
-            "customers", "timeline_entries", "sop_tasks", "tagging_rule_hits", "score_ledger", "lead_assignments")}
+            "customers", "timeline_entries", "sop_tasks", "tagging_rule_hits", "score_ledger", "lead_assignments",
+            "sop_step_outcomes")}
     print("rows: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
     results = {days: measure(days) for days in (30, 90)}
     print("\n| report | 30 days: median of 3 | rows | 90 days: median of 3 | rows |")

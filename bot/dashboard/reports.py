@@ -12,7 +12,8 @@ Each report is a few aggregate queries over indexed ranges (see docs/PERFORMANCE
   still open, skipped.
 - sop_steps: per SOP step and A/B variant, steps done in the period; reply = a customer message within 48 h
   after the step was done; inquiry = an intent keyword (a keyword rule that scored positive points in the
-  lead-score ledger: 询价, 演示, 合同 …) within 48 h.
+  lead-score ledger: 询价, 演示, 合同 …) within 48 h. Read from the `sop_step_outcomes` rollup, which the apply
+  pipeline keeps exact as steps, messages and ledger rows are written (bot/scoring/outcomes.py).
 - keyword_hits: keyword rule hits in the period (tagging_rule_hits): hits, applied, customers.
 - first_touch: SQL assignments made in the period against the accept SLA: accepted in time, late, missed,
   time-to-first-touch (median / p90 minutes) per salesperson.
@@ -27,20 +28,19 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, case, exists, func, literal, literal_column, select
+from sqlalchemy import and_, case, func, literal, literal_column, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.db import UTCDateTime
-from bot.models import Customer, FollowRelation, TimelineEntry
-from bot.scoring.models import LeadAssignment, LeadState, ScoreLedgerEntry, StageChangeRow
+from bot.models import Customer, FollowRelation
+from bot.scoring.models import LeadAssignment, LeadState, SopStepOutcome, StageChangeRow
 from bot.sop.models import TASK_OPEN_STATES, SopTask
 from bot.tagging.models import RuleHit
 
 __all__ = ["REPORTS", "Period", "Report", "build", "parse_period"]
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-REPLY_WINDOW = timedelta(hours=48)
 SUMMARY_CN = {"cohort": "本期新增", "lost": "输单", "won_pct": "赢单率 %", "total": "合计", "due": "到期",
               "done_on_time": "按时完成", "done_late": "逾期完成", "overdue": "已逾期", "open": "待完成",
               "skipped": "跳过", "on_time_pct": "按时完成率 %", "done": "完成步骤", "hits": "命中",
@@ -200,20 +200,12 @@ def sop_execution(session: Session, period: Period) -> Report:
 
 
 def sop_steps(session: Session, period: Period) -> Report:
-    done_at = SopTask.completed_at
-    limit = _plus(session, done_at, REPLY_WINDOW)
-    replied = exists().where(
-        TimelineEntry.customer_id == SopTask.customer_id, TimelineEntry.kind == "message_received",
-        TimelineEntry.at > done_at, _cmp_value(session, TimelineEntry.at) <= limit)
-    inquired = exists().where(
-        ScoreLedgerEntry.customer_id == SopTask.customer_id, ScoreLedgerEntry.event_kind == "keyword_rule_fired",
-        ScoreLedgerEntry.points > 0, ScoreLedgerEntry.at > done_at,
-        _cmp_value(session, ScoreLedgerEntry.at) <= limit)
+    # One range scan of the rollup kept by bot/scoring/outcomes.py (first reply / inquiry within 48 h per step).
     result = session.execute(
-        select(SopTask.sop_id, SopTask.step_id, SopTask.variant_id, func.count(),
-               func.sum(case((replied, 1), else_=0)), func.sum(case((inquired, 1), else_=0)))
-        .where(SopTask.state == "done", done_at >= period.start, done_at < period.end)
-        .group_by(SopTask.sop_id, SopTask.step_id, SopTask.variant_id)).all()
+        select(SopStepOutcome.sop_id, SopStepOutcome.step_id, SopStepOutcome.variant_id, func.count(),
+               func.count(SopStepOutcome.replied_at), func.count(SopStepOutcome.inquired_at))
+        .where(SopStepOutcome.done_at >= period.start, SopStepOutcome.done_at < period.end)
+        .group_by(SopStepOutcome.sop_id, SopStepOutcome.step_id, SopStepOutcome.variant_id)).all()
     rows = []
     for sop_id, step_id, variant, done, n_replied, n_inquired in result:
         rows.append({"sop": sop_id, "step": step_id, "variant": variant or "", "done": int(done),

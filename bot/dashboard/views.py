@@ -1,70 +1,75 @@
 """/dashboard: the ops lead's and sales managers' page (Chinese, server-rendered SVG, CSV per chart).
 
-Login: the admin token once, as `?token=` (then a signed, HttpOnly session cookie scoped to /dashboard and
-a redirect that drops the token from the address bar), or `Authorization: Bearer <token>` per request.
-WeCom OAuth login for admins is not wired here yet (see docs/SCORING.md).
+Login (bot/dashboard/auth.py): 「企业微信登录」 — WeCom OAuth for the userids in SOPBOT_DASHBOARD_ADMINS — or the
+admin token once, as `?token=` (then the same signed, HttpOnly session cookie scoped to /dashboard and a redirect
+that drops the token from the address bar), or `Authorization: Bearer <token>` per request for scripts.
 """
 
 from __future__ import annotations
 
 import csv
-import hmac
 import io
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, redirect, render_template, request
+from flask import Blueprint, Response, render_template, request
 from flask.typing import ResponseReturnValue
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from bot import get_services
-from bot.dashboard import reports, svg
+from bot.dashboard import auth, reports, svg
 from bot.db import utcnow
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates")
 
-COOKIE = "sopbot_dashboard"
-SESSION_MAX_AGE = timedelta(hours=12)
-
-
-def _serializer() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(get_services().settings.secret_key, salt="sopbot-dashboard")
-
-
-def _token_ok(token: str) -> bool:
-    expected = get_services().settings.admin_token
-    return hmac.compare_digest(token.strip().encode(), expected.encode())
+COOKIE = auth.COOKIE
+SESSION_MAX_AGE = auth.SESSION_MAX_AGE
+PUBLIC_ENDPOINTS = ("dashboard.oauth_start", "dashboard.oauth_callback")
 
 
 @bp.before_request
 def _require_admin() -> ResponseReturnValue | None:
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    services = get_services()
     scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and _token_ok(bearer):
+    if scheme.lower() == "bearer" and auth.token_ok(services, bearer):
         return None
     token = request.args.get("token")
     if token is not None:
-        if not _token_ok(token):
+        if not auth.token_ok(services, token):
             return _login_page("令牌错误，请重试。"), 401
         args = {k: v for k, v in request.args.items() if k != "token"}
-        target = request.path + (f"?{urlencode(args)}" if args else "")
-        resp = redirect(target, code=303)
-        resp.set_cookie(COOKIE, _serializer().dumps("admin"), max_age=int(SESSION_MAX_AGE.total_seconds()),
-                        path="/dashboard", httponly=True, samesite="Lax",
-                        secure=get_services().settings.public_url.startswith("https://"))
-        return resp
-    cookie = request.cookies.get(COOKIE)
-    if cookie:
-        try:
-            _serializer().loads(cookie, max_age=int(SESSION_MAX_AGE.total_seconds()))
-            return None
-        except BadSignature:
-            pass
+        return auth.session_response(services, request.path + (f"?{urlencode(args)}" if args else ""), "token")
+    if auth.current_session(services) is not None:
+        return None
     return _login_page(""), 401
 
 
 def _login_page(message: str) -> str:
-    return render_template("dashboard_login.html", message=message)
+    services = get_services()
+    next_path = request.full_path.rstrip("?") if request.endpoint not in PUBLIC_ENDPOINTS else "/dashboard"
+    return render_template("dashboard_login.html", message=message, wecom_enabled=auth.wecom_login_enabled(services),
+                           wecom_href="/dashboard/oauth/start?" + urlencode({"next": auth.safe_next(next_path)}))
+
+
+@bp.get("/oauth/start")
+def oauth_start() -> ResponseReturnValue:
+    services = get_services()
+    if not auth.wecom_login_enabled(services):
+        return _login_page("企业微信登录未配置：请在 SOPBOT_DASHBOARD_ADMINS 中填写看板管理员的企业微信账号（userid），"
+                           "或先用管理员令牌登录。"), 404
+    return auth.start_login(services, request.args.get("next"))
+
+
+@bp.get("/oauth/callback")
+def oauth_callback() -> ResponseReturnValue:
+    services = get_services()
+    try:
+        return auth.finish_login(services, request.args.get("code"), request.args.get("state"))
+    except auth.LoginError as exc:
+        title = "无权访问" if exc.status == 403 else "无法登录"
+        return render_template("dashboard_denied.html", title=title, message=exc.message), exc.status
 
 
 def _now() -> datetime:
@@ -93,8 +98,8 @@ def _chart(report: reports.Report) -> str:
                                                 r["skipped"]]) for r in rows])
     if report.name == "sop_steps":
         return svg.grouped_bars(report.title, ["回复率", "咨询率"],
-                                [(f"{r['sop']}/{r['step']}" + (f" [{r['variant']}]" if r["variant"] else ""),
-                                  [r["reply_pct"] or 0.0, r["inquiry_pct"] or 0.0], f"n={r['done']}")
+                                [(r["step"] + (f" [{r['variant']}]" if r["variant"] else ""),
+                                  [r["reply_pct"] or 0.0, r["inquiry_pct"] or 0.0], f"{r['sop']} · n={r['done']}")
                                  for r in rows])
     if report.name == "keyword_hits":
         return svg.hbars(report.title, [(r["rule_id"], r["hits"], f"已打标签 {r['applied']}") for r in rows],
@@ -113,7 +118,7 @@ def index() -> ResponseReturnValue:
     try:
         period = _period()
     except ValueError as exc:
-        return render_template("dashboard_login.html", message=f"时间范围有误：{exc}"), 400
+        return _login_page(f"时间范围有误：{exc}"), 400
     services = get_services()
     sections: list[dict[str, Any]] = []
     with services.transaction() as session:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from bot.actions import Action
 from bot.apply import ApplyContext, DomainEvent, _apply, executes, subscribe
 from bot.models import Customer
+from bot.scoring import outcomes as _outcomes  # noqa: F401 - registers the SOP step report's rollup subscriber
 from bot.scoring import service
 
 __all__ = ["ScoreDomainEvents"]

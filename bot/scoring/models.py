@@ -9,6 +9,7 @@
   ``stage_changed`` entry too; this table is the indexed copy the reports count).
 - ``LeadAssignment``: an MQL -> SQL hand-over to a salesperson with its accept-by deadline (SLA),
   escalation, outcome and time-to-first-touch.
+- ``SopStepOutcome``: the SOP step / A/B report's rollup (done steps with first reply / inquiry within 48 h).
 
 Report indexes on other areas' tables are declared here too (they exist only for the dashboard's
 range scans) so the owning areas' models stay untouched.
@@ -109,6 +110,32 @@ class LeadAssignment(Base):
     )
 
 
+class SopStepOutcome(Base):
+    """The SOP step report's rollup: one row per SOP task done, with the first customer reply and the first
+    intent keyword (a keyword rule scoring positive points) within 48 h after it (bot/scoring/outcomes.py).
+
+    Written in the transaction of the `sop_step_done` timeline entry (probing what already happened), and
+    updated by each later `message_received` entry and positive keyword ledger row of the customer, so the
+    report is one range scan by `done_at` instead of two probes per step (docs/PERFORMANCE.md "Reports").
+    """
+
+    __tablename__ = "sop_step_outcomes"
+
+    task_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    customer_id: Mapped[int] = mapped_column(BigId)
+    sop_id: Mapped[str] = mapped_column(String(64))
+    step_id: Mapped[str] = mapped_column(String(64))
+    variant_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    done_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    replied_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    inquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        Index("ix_sop_step_outcomes_done", "done_at"),
+        Index("ix_sop_step_outcomes_customer_done", "customer_id", "done_at"),
+    )
+
+
 # --- report indexes on other areas' tables (range scans of the dashboard; see docs/PERFORMANCE.md) ---
 from bot.models import FollowRelation, TimelineEntry  # noqa: E402 - bot.models imports this module at its end
 from bot.sop.models import SopTask  # noqa: E402
@@ -116,8 +143,7 @@ from bot.tagging.models import RuleHit  # noqa: E402
 
 Index("ix_report_follow_added_state", FollowRelation.added_at, FollowRelation.state)
 Index("ix_report_sop_tasks_due_owner", SopTask.due_at, SopTask.owner_userid)
-Index("ix_report_sop_tasks_completed", SopTask.completed_at)
 Index("ix_report_rule_hits_kind_at", RuleHit.rule_kind, RuleHit.at)
-# Reply-within-48h probes of the SOP step report: only customer messages, by customer and time.
+# Reply-within-48h probe when a SOP step is done (bot/scoring/outcomes.py): only customer messages, by customer.
 Index("ix_report_timeline_replies", TimelineEntry.customer_id, TimelineEntry.at,
       postgresql_where=TimelineEntry.kind == "message_received", sqlite_where=TimelineEntry.kind == "message_received")

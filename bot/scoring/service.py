@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from bot.actions import Action, EnqueueCall, RecordTimeline
 from bot.apply import DomainEvent, insert_ignore
 from bot.models import KV, Customer, Employee, FollowRelation, GroupChat
+from bot.scoring import outcomes
 from bot.scoring.ledger import entries_for_event, explain, score_at
 from bot.scoring.model import LedgerEntry, ScoreEvent, ScoringConfig
 from bot.scoring.models import ASSIGNMENT_OPEN, LeadAssignment, LeadState, ScoreLedgerEntry, StageChangeRow
@@ -221,6 +222,8 @@ def apply_domain_events(session: Session, customer: Customer, events: Sequence[D
                              ["customer_id", "rule_id", "event_id"]):
                 entries.append(entry)
                 added = True
+                if se.kind == "keyword_rule_fired" and entry.points > 0:
+                    outcomes.mark_inquiry(session, customer.id, entry.at)  # the SOP step report's rollup
     if not added:
         return []
     return rescore(session, customer, now, sales, entries=entries, prior=prior)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 16:14:03.095178
+Create Date: 2026-11-30 22:58:11.390265
 """
 from __future__ import annotations
 
@@ -238,6 +238,21 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('score_ledger', schema=None) as batch_op:
         batch_op.create_index('ix_score_ledger_customer_at', ['customer_id', 'at'], unique=False)
+
+    op.create_table('sop_step_outcomes',
+    sa.Column('task_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=False, nullable=False),
+    sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('sop_id', sa.String(length=64), nullable=False),
+    sa.Column('step_id', sa.String(length=64), nullable=False),
+    sa.Column('variant_id', sa.String(length=64), nullable=True),
+    sa.Column('done_at', bot.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('replied_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('inquired_at', bot.db.UTCDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('task_id')
+    )
+    with op.batch_alter_table('sop_step_outcomes', schema=None) as batch_op:
+        batch_op.create_index('ix_sop_step_outcomes_customer_done', ['customer_id', 'done_at'], unique=False)
+        batch_op.create_index('ix_sop_step_outcomes_done', ['done_at'], unique=False)
 
     op.create_table('tagging_messages',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -475,7 +490,6 @@ def upgrade() -> None:
     sa.UniqueConstraint('enrollment_id', 'step_id', name='uq_sop_task_step')
     )
     with op.batch_alter_table('sop_tasks', schema=None) as batch_op:
-        batch_op.create_index('ix_report_sop_tasks_completed', ['completed_at'], unique=False)
         batch_op.create_index('ix_report_sop_tasks_due_owner', ['due_at', 'owner_userid'], unique=False)
         batch_op.create_index('ix_sop_tasks_claim', ['claimed_by'], unique=False)
         batch_op.create_index('ix_sop_tasks_customer', ['customer_id'], unique=False)
@@ -493,7 +507,6 @@ def downgrade() -> None:
         batch_op.drop_index('ix_sop_tasks_customer')
         batch_op.drop_index('ix_sop_tasks_claim')
         batch_op.drop_index('ix_report_sop_tasks_due_owner')
-        batch_op.drop_index('ix_report_sop_tasks_completed')
 
     op.drop_table('sop_tasks')
     with op.batch_alter_table('timeline_entries', schema=None) as batch_op:
@@ -546,6 +559,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_tagging_messages_external_userid'))
 
     op.drop_table('tagging_messages')
+    with op.batch_alter_table('sop_step_outcomes', schema=None) as batch_op:
+        batch_op.drop_index('ix_sop_step_outcomes_done')
+        batch_op.drop_index('ix_sop_step_outcomes_customer_done')
+
+    op.drop_table('sop_step_outcomes')
     with op.batch_alter_table('score_ledger', schema=None) as batch_op:
         batch_op.drop_index('ix_score_ledger_customer_at')
 

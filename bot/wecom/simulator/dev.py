@@ -18,13 +18,14 @@ import yaml
 from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
+from bot.config import Settings
 from bot.wecom.simulator.app import create_simulator_app
 from bot.wecom.simulator.scenario import demo_scenario_path, load_scenario
 from bot.wecom.simulator.state import SimState
 
 log = logging.getLogger("sopbot.demo")
 
-__all__ = ["mount_simulator", "DemoReplay"]
+__all__ = ["mount_simulator", "demo_simulator", "DemoReplay"]
 
 SURNAMES = (
     "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈"
@@ -40,20 +41,40 @@ CUSTOMER_LINES = ["请问价格多少？", "你们有试用版吗", "我们公�
                   "不需要了，谢谢", "可以约个演示吗", "合同模板能先看看吗", "好的，我先看看资料"]
 
 
-def mount_simulator(app: Flask, *, callback_url: str, demo: bool = True) -> Any:
-    """Return a WSGI app serving `app` with the simulator under /sim (and start the demo replay)."""
-    from bot import get_services
-
-    settings = get_services(app).settings
+def demo_simulator(settings: Settings, callback_url: str | None = None) -> Flask:
+    """The simulator app playing the demo corp (scenarios/demo.yaml) for these settings, on a live clock."""
     state = SimState(corp_id=settings.corp_id, live=True)
     data = yaml.safe_load(Path(demo_scenario_path()).read_text(encoding="utf-8"))
     data["corp_id"] = settings.corp_id
     data.setdefault("apps", {}).setdefault(str(settings.agent_id), {})["secret"] = settings.agent_secret
     data["apps"][str(settings.agent_id)]["agent_id"] = settings.agent_id
     load_scenario(state, data)
-    sim = create_simulator_app(state, {"callback_url": callback_url, "callback_token": settings.callback_token,
-                                       "encoding_aes_key": settings.encoding_aes_key,
-                                       "agent_id": str(settings.agent_id)})
+    return create_simulator_app(state, {"callback_url": callback_url, "callback_token": settings.callback_token,
+                                        "encoding_aes_key": settings.encoding_aes_key,
+                                        "agent_id": str(settings.agent_id)})
+
+
+def mount_simulator(app: Flask, *, callback_url: str, demo: bool = True, month_days: int = 0) -> Any:
+    """Return a WSGI app serving `app` with the simulator under /sim (and start the demo replay).
+
+    `month_days`: when the database has no customer yet, first play that many simulated days of the demo through
+    the real pipeline (bot/wecom/simulator/month.py), so /dashboard has a month of history from the start.
+    """
+    from bot import get_services
+
+    services = get_services(app)
+    sim = demo_simulator(services.settings, callback_url)
+    if month_days > 0:
+        from bot.wecom.simulator.month import DemoMonth, database_is_empty
+
+        if database_is_empty(services):
+            log.info("demo: first start on an empty database: playing %d simulated days through the pipeline …",
+                     month_days)
+            result = DemoMonth(services, app, sim, days=month_days).run()
+            log.info("demo: month seeded: %d customers, %d messages, %d SOP steps done in %.0f s",
+                     result.customers, result.messages, result.tasks_done, result.seconds)
+        else:
+            log.info("demo: the database already has customers; not seeding the demo month again")
     if demo:
         DemoReplay(sim).start()
     return DispatcherMiddleware(app, {"/sim": sim})
