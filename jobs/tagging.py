@@ -6,7 +6,10 @@
   harmless) and two workers never both advance the cursor. A Redis lock per open_kfid keeps one puller
   at a time (WeCom answers 45033 to parallel pulls); callbacks arriving meanwhile set a "dirty" flag the
   holder drains, so a message is never left waiting for the next callback.
-- ``process_messages``: the matching half of archive records posted to the API (or ``sopbot ingest``).
+- ``process_messages``: the matching half of archive records posted to the API (or ``sopbot ingest``): ONE job
+  per stored batch; it matches every message and applies all their decisions in one transaction, then makes
+  the batch's mark_tag calls itself (``run_inline``: one claim and one completion transaction for all of them)
+  instead of one rq job and two transactions per customer. A kf page does the same after its transaction.
 - ``tick``: behaviour rules of kind ``no_reply_days`` (once a minute), and kf syncs a crashed holder left.
 """
 
@@ -19,12 +22,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from redis.exceptions import RedisError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from bot.actions import Action, EnqueueCall
 from bot.apply import apply
-from bot.db import utcnow
+from bot.db import rowcount, utcnow
 from bot.models import KV, Customer, Outbox, TimelineEntry
+from bot.observability import JOBS
 from bot.queues import enqueue_outbox
 from bot.services import Services
 from bot.tagging.apply_tagging import (
@@ -38,9 +43,9 @@ from bot.tagging.apply_tagging import (
 from bot.tagging.behaviour import evaluate_inactivity
 from bot.tagging.models import TaggingMessage
 from bot.tagging.service import INACTIVITY_EVERY, MessageError, MessageRecord, archive_record, current_rules, kf_record
-from bot.wecom.client import WeComError
-from jobs.executors import _policy
-from jobs.wecom_calls import Outcome, executor
+from bot.wecom.client import WeComError, WeComNotFound
+from jobs.executors import _policy, _resolve_tag_ids
+from jobs.wecom_calls import LEASE, MAX_ATTEMPTS, RETRY_BASE_SECONDS, GiveUp, Outcome, executor
 
 log = logging.getLogger("sopbot.jobs.tagging")
 
@@ -100,9 +105,10 @@ def pull_kf(services: Services, open_kfid: str, token: str | None = None, now: d
                 ids = apply([SaveKfCursor(open_kfid, cursor, next_cursor), StoreMessages(tuple(records))], session,
                             now=now or utcnow(), context_key=f"kf:{open_kfid}:{cursor}")
                 stored += len(records) - int(before or 0)
+                created = _kinds(session, ids)
         except CursorMoved:
             continue  # another puller saved this page first; read again from where it left the cursor
-        _enqueue(services, ids)
+        _dispatch(services, created)  # the page's mark_tag calls now, the rest as jobs
         if not int(page.get("has_more") or 0):
             break
     else:
@@ -137,8 +143,112 @@ def kf_sync(services: Services, payload: dict[str, Any], row: Outbox) -> Outcome
 
 @executor("process_messages")
 def process_messages(services: Services, payload: dict[str, Any], row: Outbox) -> Outcome:
+    """One job per stored batch: match every message of the batch and apply all their tag decisions in ONE
+    transaction, then make the batch's mark_tag calls right here (claimed together, called one by one,
+    completed together) instead of one rq job and two transactions per customer.
+
+    Idempotent by ids: only ``pending`` messages are processed (a re-run after the commit finds none and
+    creates nothing). The mark_tag rows are committed with the decisions, so a crash before they are called
+    leaves them ``pending`` (or ``running`` with a lease) for the sweeper and the ordinary ``run_outbox``."""
     ids = tuple(int(i) for i in payload.get("ids") or [])
-    return Outcome([ProcessMessages(ids)], {"messages": len(ids)})
+    now = utcnow()
+    with services.transaction() as session:
+        created = _kinds(session, apply([ProcessMessages(ids)], session, now=now, context_key=f"outbox:{row.id}"))
+    calls = _dispatch(services, created)
+    return Outcome(result={"messages": len(ids), "outbox": len(created), **calls})
+
+
+INLINE_KINDS = frozenset({"mark_tag"})
+"""Outbox kinds a message batch's job runs itself (quick, idempotent WeCom calls); others get their own job."""
+
+
+def _kinds(session: Session, ids: list[int]) -> list[tuple[int, str, str]]:
+    """(id, queue, kind) of outbox rows just created, read in the transaction that created them."""
+    if not ids:
+        return []
+    return [(i, q, k) for i, q, k in session.execute(
+        select(Outbox.id, Outbox.queue, Outbox.kind).where(Outbox.id.in_(ids))).all()]
+
+
+def _dispatch(services: Services, rows: list[tuple[int, str, str]]) -> dict[str, int]:
+    """After the commit: enqueue the rows' jobs, except mark_tag rows, which are called here (``run_inline``)."""
+    others = [(i, q) for i, q, kind in rows if kind not in INLINE_KINDS]
+    if others:
+        try:
+            enqueue_outbox(services.redis, others)
+        except RedisError:
+            log.warning("outbox enqueue failed; the sweeper will pick the rows up", extra={"outbox_ids": others})
+    return run_inline(services, [i for i, _, kind in rows if kind in INLINE_KINDS])
+
+
+def run_inline(services: Services, ids: list[int]) -> dict[str, int]:
+    """Run mark_tag outbox rows in the calling job: claim them in one transaction (compare-and-set with a
+    lease, as ``run_outbox_row`` does: a row already claimed elsewhere is skipped), call WeCom for each, and
+    record every outcome in one transaction. A failed call gets the same retry/backoff as in
+    ``run_outbox_row``; the sweeper re-enqueues it when due."""
+    if not ids:
+        return {}
+    now = utcnow()
+    with services.transaction() as session:
+        claimed: list[int] = []
+        for outbox_id in ids:
+            if rowcount(session.execute(
+                    update(Outbox).where(Outbox.id == outbox_id, Outbox.status.in_(("pending", "retry")))
+                    .where((Outbox.not_before.is_(None)) | (Outbox.not_before <= now))
+                    .values(status="running", attempts=Outbox.attempts + 1, next_attempt_at=now + LEASE))):
+                claimed.append(outbox_id)
+        rows = list(session.execute(select(Outbox.id, Outbox.kind, Outbox.payload, Outbox.attempts)
+                                    .where(Outbox.id.in_(claimed)).order_by(Outbox.id)).all()) if claimed else []
+    if not rows:
+        return {"inline_skipped": len(ids)}
+    names = sorted({str(n) for _, _, p, _ in rows for n in [*p.get("add", []), *p.get("remove", [])]})
+    done: list[tuple[int, dict[str, Any]]] = []
+    failed: list[tuple[int, str, str, int]] = []  # id, status, error, attempts
+    try:
+        tag_ids = _resolve_tag_ids(services, names)  # once for the whole batch (the executor does it per row)
+    except Exception as exc:  # noqa: BLE001 - every row gets the error and its retry
+        failed = [(i, "failed" if isinstance(exc, GiveUp) or a >= MAX_ATTEMPTS else "retry",
+                   f"{type(exc).__name__}: {exc}", a) for i, _, _, a in rows]
+        rows = []
+    for outbox_id, _kind, payload, attempts in rows:
+        try:
+            done.append((outbox_id, _mark_tag(services, payload, tag_ids)))
+        except GiveUp as exc:
+            failed.append((outbox_id, "failed", str(exc), attempts))
+        except Exception as exc:  # noqa: BLE001 - transient or unexpected: retried with backoff, bounded
+            failed.append((outbox_id, "failed" if attempts >= MAX_ATTEMPTS else "retry",
+                           f"{type(exc).__name__}: {exc}", attempts))
+    finished = utcnow()
+    with services.transaction() as session:
+        for outbox_id, result in done:
+            session.execute(update(Outbox).where(Outbox.id == outbox_id).values(
+                status="done", done_at=finished, result=result, last_error=None, next_attempt_at=None))
+        for outbox_id, status, error, attempts in failed:
+            delay = timedelta(seconds=RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1))
+            session.execute(update(Outbox).where(Outbox.id == outbox_id).values(
+                status=status, last_error=error[:2000],
+                next_attempt_at=finished + delay if status == "retry" else None))
+    for _, status, error, _ in failed:
+        JOBS.labels(kind="mark_tag", outcome=status).inc()
+        log.warning("mark_tag -> %s: %s", status, error)
+    if done:
+        JOBS.labels(kind="mark_tag", outcome="done").inc(len(done))
+    return {"mark_tag_done": len(done), "mark_tag_failed": len(failed)}
+
+
+def _mark_tag(services: Services, payload: Mapping[str, Any], tag_ids: Mapping[str, str]) -> dict[str, Any]:
+    """jobs.executors.mark_tag with the tag ids resolved once per batch; same answers and error policy."""
+    add = [tag_ids[n] for n in payload.get("add", []) if n in tag_ids]
+    remove = [tag_ids[n] for n in payload.get("remove", []) if n in tag_ids]
+    if not add and not remove:
+        return {"skipped": "no tag ids"}
+    try:
+        services.wecom.mark_tag(payload["userid"], payload["external_userid"], add_tag=add, remove_tag=remove)
+    except WeComNotFound as exc:
+        return {"skipped": f"{exc.errcode}: relationship gone"}
+    except WeComError as exc:
+        raise _policy(exc) from exc
+    return {"add": add, "remove": remove}
 
 
 class IngestResult:
@@ -170,7 +280,10 @@ def ingest_archive(services: Services, records: list[MessageRecord], now: dateti
             TaggingMessage.source == "archive", TaggingMessage.msgid.in_([r.msgid for r in unique]))).all())
         ids = apply([StoreMessages(tuple(unique), process=False, queue=queue)], session, now=now,
                     context_key=f"archive:{now.timestamp():.6f}:{uuid.uuid4().hex[:8]}")
-    _enqueue(services, ids)
+    try:  # the only row StoreMessages(process=False) creates is the batch's process_messages job, on `queue`
+        enqueue_outbox(services.redis, [(i, queue) for i in ids])
+    except RedisError:
+        log.warning("outbox enqueue failed; the sweeper will pick the rows up", extra={"outbox_ids": ids})
     return IngestResult(len(unique) - len(existing), len(records) - len(unique) + len(existing), [])
 
 

@@ -4,7 +4,8 @@
   matched once); with ``process`` the message is put on the customer's timeline and matched at once (kf
   pages, app texts), without it the rows wait as ``pending`` for a ``process_messages`` outbox job (the
   archive API answers before matching).
-- ``ProcessMessages``: that job's half: claim pending rows, timeline, match.
+- ``ProcessMessages``: that job's half: claim pending rows (the whole batch, marked done in one statement),
+  timeline, match — in message time order, so thresholds count hits within a batch exactly as across batches.
 - ``FireRule``: one rule hit on one customer: decide (threshold, cooldown, manual removal) against the
   rule's history, record the hit (unique per rule and message/event: fires at most once), apply its tags
   through AddTags/RemoveTags (local row with reason, ``tag_added`` timeline entry, one batched mark_tag).
@@ -22,10 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from bot.actions import Action, AddTags, EnqueueCall, RecordTimeline, RemoveTags, TagRef
-from bot.apply import ApplyContext, DomainEvent, _apply, executes, get_or_create_customer, insert_ignore, subscribe
+from bot.apply import ApplyContext, DomainEvent, _apply, executes, insert_ignore, subscribe
 from bot.models import KV, TimelineEntry
 from bot.tagging.behaviour import evaluate_event
 from bot.tagging.decide import decide
@@ -130,21 +132,36 @@ def _process(ctx: ApplyContext, rec: MessageRecord) -> None:
         }), ctx)
 
 
+def _insert_ignore_stmt(ctx: ApplyContext) -> Any:
+    dialect = ctx.session.get_bind().dialect.name
+    mod: Any = postgresql if dialect == "postgresql" else sqlite
+    return mod.insert(TaggingMessage.__table__).on_conflict_do_nothing(index_elements=["source", "msgid"])
+
+
 @executes
 def _(action: StoreMessages, ctx: ApplyContext) -> None:
     table = TaggingMessage.__table__
+    if action.process:
+        for rec in action.messages:
+            if insert_ignore(ctx.session, table, _row_values(rec, ctx, "done"), ["source", "msgid"]):  # type: ignore[arg-type]
+                _process(ctx, rec)
+            # else: seen before (re-pulled page, re-posted batch): stored and matched once
+        return
+    # Deferred (archive batches): one multi-row INSERT … ON CONFLICT DO NOTHING and one read of the ids still
+    # pending. A row another request stored a moment ago and that is still pending may be included too: its
+    # two jobs then race for it, and ProcessMessages only processes rows it moves out of `pending` (once).
+    unique = list({(r.source, r.msgid): r for r in action.messages}.values())
+    if not unique:
+        return
+    ctx.session.execute(_insert_ignore_stmt(ctx), [_row_values(rec, ctx, "pending") for rec in unique])
     pending: list[int] = []
-    for rec in action.messages:
-        status = "done" if action.process else "pending"
-        if not insert_ignore(ctx.session, table, _row_values(rec, ctx, status), ["source", "msgid"]):  # type: ignore[arg-type]
-            continue  # seen before (re-pulled page, re-posted batch): stored and matched once
-        if action.process:
-            _process(ctx, rec)
-        else:
-            row_id = ctx.session.scalar(select(TaggingMessage.id).where(
-                TaggingMessage.source == rec.source, TaggingMessage.msgid == rec.msgid))
-            if row_id is not None:
-                pending.append(row_id)
+    by_source: dict[str, list[str]] = {}
+    for rec in unique:
+        by_source.setdefault(rec.source, []).append(rec.msgid)
+    for source, msgids in by_source.items():
+        pending += ctx.session.scalars(select(TaggingMessage.id).where(
+            TaggingMessage.source == source, TaggingMessage.msgid.in_(msgids), TaggingMessage.status == "pending")
+            .order_by(TaggingMessage.id)).all()
     if pending:
         _apply(EnqueueCall("process_messages", {"ids": pending},
                            dedupe_key=f"process_messages:{ctx.context_key}:{batch_key(action.messages)}",
@@ -156,9 +173,14 @@ def _(action: ProcessMessages, ctx: ApplyContext) -> None:
     rows = ctx.session.scalars(select(TaggingMessage).where(
         TaggingMessage.id.in_(action.ids), TaggingMessage.status == "pending")
         .order_by(TaggingMessage.sent_at, TaggingMessage.id).with_for_update()).all()
-    for row in rows:
-        row.status, row.processed_at = "done", ctx.now
-        _process(ctx, _record_of(row))
+    if not rows:
+        return  # a re-run (or a second job for the same rows): already processed
+    records = [_record_of(row) for row in rows]
+    # Claimed (row locks on PostgreSQL, the write lock on SQLite): mark the batch done in one statement.
+    ctx.session.execute(update(TaggingMessage).where(TaggingMessage.id.in_([row.id for row in rows]))
+                        .values(status="done", processed_at=ctx.now).execution_options(synchronize_session=False))
+    for record in records:
+        _process(ctx, record)
 
 
 # ------------------------------------------------------------------------------------------------ rules
@@ -170,7 +192,7 @@ def _(action: FireRule, ctx: ApplyContext) -> None:
     rule = rules.rule(action.rule_id)
     if rule is None or not rule.enabled:
         return  # deleted or disabled between the hit and now
-    customer = get_or_create_customer(ctx.session, action.external_userid, ctx.now)
+    customer = ctx.customer(action.external_userid)
     decision = decide(rule, action.at, rule_history(ctx.session, rule, customer.id))
     kind = "keyword" if isinstance(rule, KeywordRule) else "behaviour"
     inserted = insert_ignore(ctx.session, RuleHit.__table__, {  # type: ignore[arg-type]

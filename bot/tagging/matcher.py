@@ -21,8 +21,8 @@ from typing import NamedTuple
 import ahocorasick
 import regex
 
-from bot.tagging.model import InboundMessage, KeywordRule, MatchMode
-from bot.tagging.normalize import excerpts, fold_and_normalize, normalize
+from bot.tagging.model import InboundMessage, KeywordRule, MatchMode, Scope
+from bot.tagging.normalize import EXCERPT_RADIUS, excerpts, fold_and_normalize, normalize
 from bot.tagging.rules import RuleError, compile_regex
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ _MODE_CODE = {
 _WORD_CHARS = frozenset(string.ascii_letters + string.digits)
 
 _EMPTY: frozenset[str] = frozenset()
+_ANYWHERE = Scope()
 
 # Reason codes of RuleVerdict, with the Chinese text the rule tester shows next to them.
 REASONS = {
@@ -128,6 +129,11 @@ class KeywordMatcher:
         self._regex_keywords = regex_keywords
         self._regex_negatives = regex_negatives
         self.regex_timeout = regex_timeout
+        # Hot-path tables, by rule index: the hit's fixed fields per keyword index, and the scope to check
+        # (None when the rule applies everywhere, so most rules cost no call).
+        self._hit_fields = tuple(tuple((r.id, k.text, k.mode) for k in r.keywords) for r in rules)
+        self._scopes = tuple(None if r.scope == _ANYWHERE else r.scope for r in rules)
+        self._has_regex = bool(regex_keywords or regex_negatives)
 
     @classmethod
     def compile(cls, rules: Iterable[KeywordRule], regex_timeout: float = REGEX_TIMEOUT_S) -> KeywordMatcher:
@@ -252,37 +258,65 @@ class KeywordMatcher:
     # --- public API -----------------------------------------------------------------------------------
 
     def _match(self, msg: InboundMessage, departments: frozenset[str]) -> tuple[list[KeywordHit], list[int]]:
-        """(hits, indices of rules whose regex timed out). The hot path: keep it lean."""
+        """(hits, indices of rules whose regex timed out). The hot path: ``_scan`` inlined, no per-message
+        objects unless something hits; ``explain`` keeps the general version."""
         if msg.direction != "customer":
             return [], []
         parts = fold_and_normalize(msg.text)
         norm = parts[1]
         if not norm:
             return [], []
-        scan = self._scan(norm, want_misplaced=False)
-        if self._regex_keywords or self._regex_negatives:
+        positive: dict[int, tuple[int, int, int]] = {}
+        negatives: list[dict[int, int]] = []
+        if self._automaton is not None:
+            last = len(norm) - 1
+            for end, (length, groups) in self._automaton.iter(norm):
+                start = end - length + 1
+                for code, is_negative, entries in groups:
+                    if code:
+                        if code == _EXACT:
+                            ok = start == 0 and end == last
+                        elif code == _PREFIX:
+                            ok = start == 0
+                        elif code == _SUFFIX:
+                            ok = end == last
+                        else:
+                            ok = (code == _WORD_RIGHT or start == 0 or norm[start - 1] not in _WORD_CHARS) and (
+                                code == _WORD_LEFT or end == last or norm[end + 1] not in _WORD_CHARS
+                            )
+                        if not ok:
+                            continue
+                    if is_negative:
+                        negatives.append(entries)
+                    else:
+                        for ri, ki in entries.items():
+                            if ri not in positive:
+                                positive[ri] = (ki, start, end + 1)
+        timeouts: list[int] = []
+        if self._has_regex:
+            scan = _Scan(positive, negatives, {}, timeouts)
             self._run_regexes(scan, norm, msg, departments, all_scopes=False)
-        positive = scan.positive
         if not positive:
-            return [], scan.timeouts
-        rules = self.rules
-        firing: list[tuple[KeywordRule, int, int, int]] = []
+            return [], timeouts
+        scopes = self._scopes
+        firing: list[tuple[int, int, int, int]] = []
         for ri in sorted(positive) if len(positive) > 1 else positive:
-            if scan.negatives and scan.blocking_negative(ri) is not None:
+            if negatives and any(ri in group for group in negatives):
                 continue
-            rule = rules[ri]
-            if rule.scope.rejects(msg, departments) is not None:
+            scope = scopes[ri]
+            if scope is not None and scope.rejects(msg, departments) is not None:
                 continue
-            firing.append((rule, *positive[ri]))
+            firing.append((ri, *positive[ri]))
         if not firing:
-            return [], scan.timeouts
+            return [], timeouts
+        text = msg.text
+        fields = self._hit_fields
+        if len(text) <= EXCERPT_RADIUS:  # a short message is its own excerpt (as ``excerpts`` would say)
+            cut = " ".join(text.split())
+            return [KeywordHit(*fields[ri][ki], cut) for ri, ki, _, _ in firing], timeouts
         # Excerpts last and in one go: the original-text alignment is computed once per message.
-        cuts = excerpts(msg.text, [(start, end) for _, _, start, end in firing], folded_and_norm=parts)
-        hits = [
-            KeywordHit(rule.id, rule.keywords[ki].text, rule.keywords[ki].mode, cut)
-            for (rule, ki, _, _), cut in zip(firing, cuts, strict=True)
-        ]
-        return hits, scan.timeouts
+        cuts = excerpts(text, [(start, end) for _, _, start, end in firing], folded_and_norm=parts)
+        return [KeywordHit(*fields[ri][ki], cut) for (ri, ki, _, _), cut in zip(firing, cuts, strict=True)], timeouts
 
     def match(self, msg: InboundMessage, employee_departments: frozenset[str] = _EMPTY) -> list[KeywordHit]:
         """Rules that fire on ``msg`` (at most one hit per rule), in rule order.

@@ -21,10 +21,31 @@ from collections.abc import Sequence
 
 import opencc
 
+from bot.tagging.t2s_triggers import CHARS as _T2S_CHARS
+
 # One converter for the process: loading the dictionaries costs milliseconds, converting costs µs. The
 # C++ converter is immutable once loaded and the binding holds the GIL during ``convert``, so sharing it
 # between threads is safe.
 _T2S = opencc.OpenCC("t2s")
+
+# Characters without which OpenCC t2s returns a text unchanged (derived from OpenCC's own dictionaries by
+# bot/tagging/t2s_gen.py, checked against the installed ones by tests/tagging/test_normalize.py). A set
+# membership pass over the text costs a fraction of the converter call, and most Chinese chat is already
+# simplified: the call is skipped for ~99% of messages, and the result is the same.
+_T2S_TRIGGERS = frozenset(_T2S_CHARS)
+# The check is a regex character class for the BMP part (a bitmap lookup in `re`, ~20x cheaper than iterating
+# the text in Python) and a set test for the few astral triggers (CJK extension B …), run only when the text
+# has an astral character at all (emoji do); `re` scans astral classes linearly, so they are kept apart.
+_BMP_TRIGGER = re.compile("[" + "".join(re.escape(c) for c in sorted(_T2S_TRIGGERS) if ord(c) <= 0xFFFF) + "]")
+_ASTRAL_TRIGGERS = frozenset(c for c in _T2S_TRIGGERS if ord(c) > 0xFFFF)
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+# Full-width ASCII (U+FF01-FF5E) and the ideographic space are the compatibility characters of everyday
+# Chinese chat ("，" "？" "！"). Their NFKC form is one ASCII character that does not depend on neighbours, so
+# replacing them first is exact (NFKD(s) is unchanged by replacing a character with its own decomposition),
+# and often leaves a text that is already NFKC: the full normalisation, ~10x dearer, is then skipped.
+_FULLWIDTH = re.compile("[\uff01-\uff5e\u3000]")
+_FULLWIDTH_MAP = {chr(cp): chr(cp - 0xFEE0) for cp in range(0xFF01, 0xFF5F)} | {"\u3000": " "}
 
 # Characters that fold (NFKC + casefold) to exactly one character and never compose with a neighbour:
 # ASCII, CJK punctuation (minus the combining tone marks U+302A-F), CJK ideographs, full-width ASCII,
@@ -37,14 +58,36 @@ EXCERPT_RADIUS = 20
 """Characters kept on each side of a hit in an excerpt."""
 
 
+def _t2s(text: str) -> str:
+    """OpenCC t2s, skipped (exactly: same result) when no trigger character is present."""
+    if text.isascii():
+        return text
+    if _BMP_TRIGGER.search(text) is None:
+        astral = _ASTRAL.search(text)
+        if astral is None or _ASTRAL_TRIGGERS.isdisjoint(text[astral.start():]):
+            return text
+    return _T2S.convert(text)
+
+
+def _nfkc(text: str) -> str:
+    if unicodedata.is_normalized("NFKC", text):
+        return text
+    text = _FULLWIDTH.sub(_fullwidth, text)
+    return text if unicodedata.is_normalized("NFKC", text) else unicodedata.normalize("NFKC", text)
+
+
+def _fullwidth(m: re.Match[str]) -> str:
+    return _FULLWIDTH_MAP[m[0]]
+
+
 def _fold(text: str) -> str:
-    # CPython runs NFKC's quick check first, so already-normal text (no full-width punctuation or
-    # compatibility characters) is nearly free.
-    text = unicodedata.normalize("NFKC", text).casefold()
-    # Pure ASCII has nothing for OpenCC to convert: skip the call.
-    if not text.isascii():
-        text = _T2S.convert(text)
-    return text
+    return _t2s(_nfkc(text).casefold())
+
+
+def reference_normalize(text: str) -> str:
+    """The specification, without shortcuts: NFKC, case fold, OpenCC t2s always, whitespace collapsed.
+    ``normalize`` must equal it for every text (tests/tagging/test_normalize.py)."""
+    return " ".join(_T2S.convert(unicodedata.normalize("NFKC", text).casefold()).split())
 
 
 def normalize(text: str) -> str:
@@ -75,8 +118,7 @@ def _fold_and_normalize_short(text: str) -> tuple[str, str]:
 def simplified_halfwidth(text: str) -> str:
     """NFKC + traditional→simplified only: used to check regex patterns, where case folding or space
     collapsing would change the pattern's meaning (``\\D`` is not ``\\d``)."""
-    text = unicodedata.normalize("NFKC", text)
-    return text if text.isascii() else _T2S.convert(text)
+    return _t2s(_nfkc(text))
 
 
 def normalize_with_offsets(
@@ -104,7 +146,7 @@ def normalize_with_offsets(
             i = j
         folded = "".join(pieces)
         if not folded.isascii():
-            converted = _T2S.convert(folded)
+            converted = _t2s(folded)
             # OpenCC is phrase based: a length change means characters no longer line up one to one.
             if len(converted) != len(folded):
                 return expected, None

@@ -258,11 +258,18 @@ def _api_rules(session: Session, taken: Mapping[str, str]) -> tuple[list[Keyword
 
 
 def current_rules(session: Session) -> CompiledRules:
-    """The compiled rule set of this process, rebuilt when the rules version in the database changed."""
+    """The compiled rule set of this process, rebuilt when the rules version in the database changed.
+
+    The version is read once per session (= one transaction here): a batch of messages is matched against one
+    rule set, and the KV row is not re-read for every message and every hit."""
     directory = rules_dir()
+    in_session = session.info.get(_SESSION_RULES)
+    if in_session is not None and in_session[0] == directory and _compiled.get((in_session[1].token, directory)):
+        return in_session[1]
     token = str(rules_version(session).get("token", "0"))
     cached = _compiled.get((token, directory))
     if cached is not None:
+        session.info[_SESSION_RULES] = (directory, cached)
         return cached
     files, origins = file_rules(directory)
     api_keyword, api_behaviour = _api_rules(session, origins)
@@ -280,7 +287,11 @@ def current_rules(session: Session) -> CompiledRules:
         _compiled[(token, directory)] = compiled
     log.info("tagging rules compiled", extra={"rules_token": token, "keyword_rules": len(keyword),
                                               "behaviour_rules": len(behaviour)})
+    session.info[_SESSION_RULES] = (directory, compiled)
     return compiled
+
+
+_SESSION_RULES = "sopbot.tagging.rules"
 
 
 def reset_caches() -> None:

@@ -1,9 +1,17 @@
 from __future__ import annotations
 
-from hypothesis import given
+import opencc
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.tagging.normalize import excerpt, normalize, normalize_with_offsets
+from bot.tagging.normalize import (
+    excerpt,
+    fold_and_normalize,
+    normalize,
+    normalize_with_offsets,
+    reference_normalize,
+    simplified_halfwidth,
+)
 
 
 def test_width_case_traditional_and_spaces() -> None:
@@ -57,3 +65,58 @@ def test_fast_path_characters_fold_one_to_one() -> None:
     for ch in safe:
         assert len(unicodedata.normalize("NFKC", ch).casefold()) == 1, hex(ord(ch))
         assert not unicodedata.combining(ch) and ch not in second_of_pair, hex(ord(ch))
+
+
+# --- the fast normalize equals the plain specification -----------------------------------------------------
+
+# Traditional characters and whole phrases OpenCC converts (including those made only of characters that do
+# not convert alone: 回覆, 深沈, 瞭解), full-width forms, combining marks, cases, astral (CJK ext. B, emoji).
+_PIECES = [
+    "價格", "請問", "試用", "發票", "回覆", "深沈", "瞭解", "不瞭解", "藉口", "乾隆", "乾淨", "著名", "衹得", "英哩",
+    "价格", "请问", "回", "覆", "沈", "坏", "毛坏", "ＰＲＩＣＥ", "Ｐ", "，", "？", "！", "\u3000", " ", "\n", "\t",
+    "A", "é", "e\u0301", "Ａ\u0301", "ß", "ﬁ", "Ⅻ", "①", "㍿", "\uf900", "\u2f00", "𠮷", "𫐷", "遱", "👍", "ok",
+    "Ǆ", "İ", "ﾊﾟ", "ｶﾞ", "丽", "\u0300", "걺", "ᄀ\u1161",
+]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(_PIECES), st.text(max_size=3)), max_size=12))
+def test_normalize_equals_reference(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    assert normalize(text) == reference_normalize(text)
+    assert fold_and_normalize(text)[1] == reference_normalize(text)
+
+
+def test_normalize_equals_reference_on_the_bench_corpus() -> None:
+    import random
+
+    from bench.keywords import make_messages, make_rules
+
+    rules = make_rules(300, random.Random(7))
+    texts = [m.text for m in make_messages(3000, random.Random(7), rules)]
+    assert sum(1 for t in texts if normalize(t) != t) > 100  # the corpus does exercise the conversions
+    assert [normalize(t) for t in texts] == [reference_normalize(t) for t in texts]
+
+
+def test_every_converting_phrase_and_character_is_a_trigger() -> None:
+    # Exhaustive: the trigger set recomputed from the installed OpenCC (every code point converted on its
+    # own, every phrase of its dictionaries read with the wheel's opencc_dict) is the one shipped.
+    from bot.tagging import t2s_gen
+    from bot.tagging.t2s_triggers import CHARS, OPENCC_VERSION
+
+    assert OPENCC_VERSION == t2s_gen.opencc_version()
+    assert t2s_gen.compute() == CHARS
+    converter = opencc.OpenCC("t2s")
+    triggers = set(CHARS)
+    for name in t2s_gen.DICTS:
+        for key, _ in t2s_gen.dictionary(name):
+            if converter.convert(key) != key:
+                assert not triggers.isdisjoint(key), key  # skipping OpenCC for texts without one is exact
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=8))
+def test_simplified_halfwidth_equals_nfkc_then_opencc(pieces: list[str]) -> None:
+    import unicodedata
+
+    text = "".join(pieces)
+    assert simplified_halfwidth(text) == opencc.OpenCC("t2s").convert(unicodedata.normalize("NFKC", text))
