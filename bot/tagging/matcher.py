@@ -56,6 +56,20 @@ REASONS = {
 }
 
 
+
+def _placed(code: int, norm: str, start: int, end: int, last: int) -> bool:
+    """Whether a hit of a non-`contains` keyword at norm[start:end + 1] sits where its mode requires."""
+    if code == _EXACT:
+        return start == 0 and end == last
+    if code == _PREFIX:
+        return start == 0
+    if code == _SUFFIX:
+        return end == last
+    # word: a Latin edge must not be glued to a Latin neighbour
+    return (code == _WORD_RIGHT or start == 0 or norm[start - 1] not in _WORD_CHARS) and (
+        code == _WORD_LEFT or end == last or norm[end + 1] not in _WORD_CHARS
+    )
+
 class KeywordHit(NamedTuple):
     # A NamedTuple rather than a frozen dataclass: built for every hit on the hot path, and a frozen
     # dataclass's __init__ costs several times a tuple's.
@@ -191,22 +205,11 @@ class KeywordMatcher:
         for end, (length, groups) in self._automaton.iter(norm):
             start = end - length + 1
             for code, is_negative, entries in groups:
-                if code:
-                    if code == _EXACT:
-                        ok = start == 0 and end == last
-                    elif code == _PREFIX:
-                        ok = start == 0
-                    elif code == _SUFFIX:
-                        ok = end == last
-                    else:  # word: a Latin edge must not be glued to a Latin neighbour
-                        ok = (code == _WORD_RIGHT or start == 0 or norm[start - 1] not in _WORD_CHARS) and (
-                            code == _WORD_LEFT or end == last or norm[end + 1] not in _WORD_CHARS
-                        )
-                    if not ok:
-                        if want_misplaced and not is_negative:
-                            for ri, ki in entries.items():
-                                misplaced.setdefault(ri, ki)
-                        continue
+                if code and not _placed(code, norm, start, end, last):
+                    if want_misplaced and not is_negative:
+                        for ri, ki in entries.items():
+                            misplaced.setdefault(ri, ki)
+                    continue
                 if is_negative:
                     negatives.append(entries)
                 else:
@@ -273,19 +276,8 @@ class KeywordMatcher:
             for end, (length, groups) in self._automaton.iter(norm):
                 start = end - length + 1
                 for code, is_negative, entries in groups:
-                    if code:
-                        if code == _EXACT:
-                            ok = start == 0 and end == last
-                        elif code == _PREFIX:
-                            ok = start == 0
-                        elif code == _SUFFIX:
-                            ok = end == last
-                        else:
-                            ok = (code == _WORD_RIGHT or start == 0 or norm[start - 1] not in _WORD_CHARS) and (
-                                code == _WORD_LEFT or end == last or norm[end + 1] not in _WORD_CHARS
-                            )
-                        if not ok:
-                            continue
+                    if code and not _placed(code, norm, start, end, last):
+                        continue  # an exact/prefix/suffix/word keyword found in the wrong place
                     if is_negative:
                         negatives.append(entries)
                     else:
