@@ -14,6 +14,7 @@ from flask import Flask
 
 from bot.config import Settings, load_settings
 from bot.services import Services
+from bot.web.session import LazySessionInterface
 
 __all__ = ["create_app", "get_services"]
 
@@ -38,6 +39,7 @@ def init_app(app: Flask, services: Services) -> None:
     from bot.wecom.callback import callback_bp
 
     app.extensions["sopbot"] = services
+    app.session_interface = LazySessionInterface()
     app.register_blueprint(callback_bp)
     app.register_blueprint(api_bp)
     from bot.web import api_handover, api_scoring, api_sop, api_tagging, links

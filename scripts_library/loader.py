@@ -108,6 +108,10 @@ def load_yaml(path: Path) -> Any:
         raise LibraryError([Problem(str(path), line, f"YAML: {context}{exc.problem or exc}")]) from exc
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise LibraryError([Problem(str(path), 1, f"cannot read: {exc}")]) from exc
+    except RecursionError as exc:  # thousands of nested [ or {: PyYAML's composer recurses
+        raise LibraryError([Problem(str(path), 1, "YAML nested too deeply")]) from exc
+    except (ValueError, TypeError, AttributeError) as exc:  # a value SafeLoader cannot build: 2026-13-45, !!timestamp x
+        raise LibraryError([Problem(str(path), 1, f"YAML: cannot build a value: {exc}")]) from exc
 
 
 def line_of(node: Any, key: str | None = None, default: int = 1) -> int:

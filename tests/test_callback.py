@@ -85,14 +85,72 @@ def test_redis_down_still_records_and_answers_200(client: Any, services: Service
     assert _inbox_count(services) == 1
 
 
-def test_database_down_answers_503_so_wecom_retries(client: Any, services: Services, monkeypatch: Any) -> None:
+@pytest.mark.parametrize("layer", ["pool", "driver"])
+def test_database_down_answers_503_so_wecom_retries(client: Any, services: Services, monkeypatch: Any,
+                                                    layer: str) -> None:
     from sqlalchemy.exc import OperationalError
 
-    def broken(*_: Any, **__: Any) -> None:
-        raise OperationalError("INSERT", {}, Exception("database is gone"))
+    driver_error = services.engine.dialect.loaded_dbapi.OperationalError
 
-    monkeypatch.setattr(services, "connect", broken)
-    assert post_event(client, fixture_xml(ADD)).status_code == 503
+    def broken(*_: Any, **__: Any) -> None:
+        if layer == "pool":  # no connection to be had
+            raise OperationalError("connect", {}, Exception("database is gone"))
+        raise driver_error("database is gone")  # the statement itself fails
+
+    if layer == "pool":
+        monkeypatch.setattr(services.engine, "raw_connection", broken)
+    else:
+        real = services.engine.raw_connection
+
+        class Failing:
+            def __init__(self) -> None:
+                self.conn = real()
+                self.invalidated = False
+
+            def cursor(self) -> Any:
+                cursor = self.conn.cursor()
+                return type("C", (), {"execute": broken, "close": cursor.close})()
+
+            def invalidate(self) -> None:
+                self.invalidated = True
+                self.conn.invalidate()
+
+            def close(self) -> None:
+                self.conn.close()
+
+        made: list[Failing] = []
+
+        def failing() -> Failing:
+            made.append(Failing())
+            return made[-1]
+
+        monkeypatch.setattr(services.engine, "raw_connection", failing)
+    resp = post_event(client, fixture_xml(ADD))
+    assert (resp.status_code, resp.data) == (503, b"temporarily unavailable")
+    monkeypatch.undo()
+    assert _inbox_count(services) == 0
+    if layer == "driver":
+        assert made and made[0].invalidated  # a connection that failed mid-statement is not pooled again
+    assert post_event(client, fixture_xml(ADD)).status_code == 200  # WeCom's retry lands once it is back
+    assert _inbox_count(services) == 1
+
+
+def test_inbox_row_is_the_row_the_orm_writes(client: Any, services: Services) -> None:
+    """The callback binds values through the columns' own types on a DBAPI connection: same row as the ORM's."""
+    assert post_event(client, fixture_xml(ADD)).status_code == 200
+    with services.transaction() as s:
+        ours = s.scalars(select(InboxEvent)).one()
+        orm = InboxEvent(corp_id=ours.corp_id, dedupe_key="orm-" + ours.dedupe_key[4:], event_key=ours.event_key,
+                         payload=ours.payload, received_at=ours.received_at, status="pending", attempts=0)
+        s.add(orm)
+    columns = [c.name for c in InboxEvent.__table__.columns if c.name not in ("id", "dedupe_key")]
+    with services.engine.connect() as conn:  # raw stored values, as each backend keeps them
+        table = InboxEvent.__table__
+        rows = conn.execute(select(*[table.c[c] for c in columns]).order_by(table.c.id)).all()
+        stored = conn.exec_driver_sql(f"SELECT {', '.join(columns)} FROM inbox_events ORDER BY id").all()
+    assert rows[0] == rows[1]
+    assert stored[0] == stored[1]
+    assert ours.received_at.tzinfo is not None and ours.payload["ExternalUserID"] == "wmQ8xTCwAAb3fFp0Yk2nHs9LdE7uVr1w"
 
 
 def _signed(body_xml: str, *, sig: str | None = None) -> tuple[bytes, dict[str, str]]:

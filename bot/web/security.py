@@ -30,17 +30,26 @@ DEFAULT_CSP = (
 )
 
 
-def set_security_headers(resp: Response, *, https: bool = False) -> Response:
-    headers = resp.headers
-    headers.setdefault("Content-Security-Policy", DEFAULT_CSP)
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("Referrer-Policy", "same-origin")
-    headers.setdefault("X-Frame-Options", "DENY")
+# (header, value, lower-cased name); the last two apply only when unset and over HTTPS respectively.
+_DEFAULTS = tuple((name, value, name.lower()) for name, value in (
+    ("Content-Security-Policy", DEFAULT_CSP),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("X-Frame-Options", "DENY"),
     # Pages and API answers carry customer data or session state: no shared or back-forward cache.
-    if "Cache-Control" not in headers:
-        headers["Cache-Control"] = "no-store"
-    if https:
-        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    ("Cache-Control", "no-store"),
+))
+_HSTS = ("Strict-Transport-Security", "max-age=31536000", "strict-transport-security")
+
+
+def set_security_headers(resp: Response, *, https: bool = False) -> Response:
+    """Add each default header the response does not carry yet (one pass over its headers, not one per name:
+    this runs on every response, the callback's included)."""
+    headers = resp.headers
+    present = {name.lower() for name in headers.keys()}
+    for name, value, lower in (*_DEFAULTS, _HSTS) if https else _DEFAULTS:
+        if lower not in present:
+            headers.add(name, value)
     return resp
 
 

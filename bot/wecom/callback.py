@@ -14,11 +14,12 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 from redis.exceptions import RedisError
+from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot import get_services
-from bot.db import utcnow
+from bot.db import dispose_if_forked, utcnow
 from bot.events import EventParseError, dedupe_key, event_key_of, parse_xml
 from bot.models import InboxEvent
 from bot.observability import CALLBACKS
@@ -32,12 +33,53 @@ callback_bp = Blueprint("wecom_callback", __name__)
 __all__ = ["callback_bp"]
 
 
+_ROW_KEYS = ("corp_id", "dedupe_key", "event_key", "payload", "received_at", "status", "attempts")
+
+
+class _InboxInsert:
+    """INSERT … ON CONFLICT (dedupe_key) DO NOTHING RETURNING id: a retry of a recorded event yields None.
+
+    SQLAlchemy compiles the statement for the engine's dialect and the columns' own types bind the values
+    (JSON, aware UTC datetimes); only its execution layer is skipped, the statement running on a pooled DBAPI
+    connection. That layer was two thirds of the insert's cost on SQLite (0.16 -> 0.05 ms CPU per row), and
+    this insert runs on every delivery. On SQLite the connection is in autocommit mode, so the one statement is
+    its own transaction (taking the write lock, waiting up to busy_timeout); on PostgreSQL it is committed.
+    `tests/test_callback.py` checks the row equals the one SQLAlchemy's ORM writes.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        table = InboxEvent.__table__
+        module: Any = postgresql if dialect.name == "postgresql" else sqlite
+        stmt = module.insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(table.c.id)
+        compiled = stmt.compile(dialect=dialect, column_keys=list(_ROW_KEYS))
+        self.sql = str(compiled)
+        self.order: list[str] | None = list(compiled.positiontup) if compiled.positiontup else None
+        self.binds = {key: table.c[key].type.dialect_impl(dialect).bind_processor(dialect) for key in _ROW_KEYS}
+        self.errors: tuple[type[BaseException], ...] = (SQLAlchemyError, dialect.loaded_dbapi.Error)
+
+    def __call__(self, engine: Engine, row: dict[str, Any]) -> int | None:
+        values = {key: (bind(value) if (bind := self.binds[key]) else value) for key, value in row.items()}
+        params: Any = [values[key] for key in self.order] if self.order is not None else values
+        dispose_if_forked(engine)
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute(self.sql, params)
+            found = cursor.fetchall()  # to the end: SQLite commits an autocommit statement when it completes
+            cursor.close()
+            raw.commit()
+        except BaseException:
+            raw.invalidate()  # rare; a fresh connection is cheaper than wondering what state this one is in
+            raise
+        finally:
+            raw.close()
+        return int(found[0][0]) if found else None
+
+
 @lru_cache(maxsize=4)
-def _insert_inbox(dialect: str) -> Any:
-    """INSERT … ON CONFLICT (dedupe_key) DO NOTHING RETURNING id: a retry of a recorded event yields None."""
-    table = InboxEvent.__table__
-    module: Any = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(table.c.id)
+def _inbox_insert(engine: Engine) -> _InboxInsert:
+    return _InboxInsert(engine)
 
 
 def _refuse(status: int, reason: str, result: str) -> Response:
@@ -103,11 +145,10 @@ def receive() -> Response:
     corp_id = services.settings.corp_id
     row = {"corp_id": corp_id, "dedupe_key": dedupe_key(corp_id, fields), "event_key": event_key_of(fields),
            "payload": fields, "received_at": utcnow(), "status": "pending", "attempts": 0}
+    insert = _inbox_insert(services.engine)
     try:
-        # Core, not the ORM: this insert is most of the request's cost and runs on every delivery.
-        with services.connect() as conn:
-            inbox_id = conn.execute(_insert_inbox(conn.dialect.name), row).scalar()
-    except SQLAlchemyError as exc:
+        inbox_id = insert(services.engine, row)
+    except insert.errors as exc:
         log.error("inbox write failed; answering 503 so WeCom retries: %s", type(exc).__name__)
         CALLBACKS.labels(result="db_error").inc()
         return Response("temporarily unavailable", status=503, mimetype="text/plain")

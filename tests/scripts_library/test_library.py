@@ -244,3 +244,19 @@ def test_channel_snapshots_for_the_service() -> None:
     webinar = snapshots["webinar"]
     assert webinar.welcome_script == "welcome.webinar" and webinar.name == "9月直播报名页"
     assert webinar.tags == (TagRef("来源", "直播"), TagRef("活动", "2025-09直播"))
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("a: 2026-13-45\n", "cannot build a value: month must be in 1..12"),
+    ("a: !!timestamp x\n", "cannot build a value"),
+    ("? {a: 1}\n: b\n", "cannot build a value: unhashable"),
+    ("[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+])
+def test_yaml_that_cannot_be_built_is_a_library_error_with_its_file(tmp_path: Path, text: str, reason: str) -> None:
+    from scripts_library.loader import LibraryError, load_yaml
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(LibraryError) as caught:
+        load_yaml(path)
+    assert str(path) in str(caught.value) and reason in str(caught.value)
