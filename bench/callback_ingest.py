@@ -5,9 +5,12 @@ writes its inbox row to the database (PostgreSQL when --database-url points at i
 
     .venv/bin/python bench/callback_ingest.py [--database-url postgresql://postgres@127.0.0.1/test]
                                               [--redis-url redis://127.0.0.1:6379/2] [--seconds 10]
+                                              [--also-rates 600,800]
 
-Prints: throughput of each (closed loop), the ratio gateway/bare (target >= 0.5), and the gateway's
-ack latency at a fixed 1,000 callbacks/s (open loop; target p99 < 50 ms).
+Prints: throughput of each (closed loop), the ratio gateway/bare (target >= 0.5), the load generator's own CPU
+per request (it shares the cores), and the gateway's ack latency at a fixed 1,000 callbacks/s (open loop;
+target p99 < 50 ms) and at any --also-rates. BENCH_WORKER_CLASS / BENCH_THREADS pick gunicorn's worker model
+for both apps (default sync, 1).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -90,6 +94,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--also-rates", default="", metavar="R1,R2",
+                        help="further open-loop rates to report (e.g. 600,800: where p99 stays under 50 ms)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="sopbot-bench-"))
@@ -124,16 +130,28 @@ def main() -> int:
     try:
         wait_ready(full_port)
         wait_ready(bare_port)
-        n = int(max(args.rate, 4000) * args.seconds * 1.5)
+        also = [float(r) for r in args.also_rates.split(",") if r.strip()]
+        n = int((max(args.rate, 4000) * 1.5 + sum(also)) * args.seconds)
         full_reqs, bare_reqs = make_requests(full_port, n), make_requests(bare_port, 2000)
         # warm-up (imports, connection pools), then the measured runs
         asyncio.run(run("127.0.0.1", full_port, make_requests(full_port, 200), connections=4, duration=1.0))
         asyncio.run(run("127.0.0.1", bare_port, bare_reqs, connections=4, duration=1.0))
-        bare = asyncio.run(run("127.0.0.1", bare_port, bare_reqs, connections=args.connections, duration=args.seconds))
-        full = asyncio.run(run("127.0.0.1", full_port, full_reqs, connections=args.connections,
-                               duration=args.seconds))
-        fixed = asyncio.run(run("127.0.0.1", full_port, full_reqs[full.sent:], connections=64,
-                                duration=args.seconds, rate=args.rate))
+        cpu: dict[str, float] = {}
+
+        def measured(name: str, port: int, reqs: list[bytes], **kw: Any) -> Result:
+            started = time.process_time()
+            result = asyncio.run(run("127.0.0.1", port, reqs, duration=args.seconds, **kw))
+            cpu[name] = (time.process_time() - started) / max(result.sent, 1) * 1000
+            return result
+
+        bare = measured("bare", bare_port, bare_reqs, connections=args.connections)
+        full = measured("full", full_port, full_reqs, connections=args.connections)
+        fixed = measured("fixed", full_port, full_reqs[full.sent:], connections=64, rate=args.rate)
+        used = full.sent + fixed.sent
+        others = []
+        for rate in also:
+            others.append(measured(f"at {rate:.0f}", full_port, full_reqs[used:], connections=64, rate=rate))
+            used += others[-1].sent
     finally:
         for s in servers:
             s.send_signal(signal.SIGTERM)
@@ -149,9 +167,13 @@ def main() -> int:
     print(report("bare Flask + LPUSH", bare))
     print(report("full /wecom/callback", full))
     print(f"ratio full/bare              {ratio:.2f}   (target >= 0.5)")
+    print(f"load generator CPU per request (same machine): bare run {cpu['bare']:.2f} ms, "
+          f"full run {cpu['full']:.2f} ms, open loop {cpu['fixed']:.2f} ms")
     print(report(f"full at {args.rate:.0f}/s open loop", fixed))
     print(f"p99 ack at {args.rate:.0f}/s         {fixed.pct(0.99):.1f} ms (target < 50 ms); "
           f"achieved {fixed.rate:.0f}/s")
+    for rate, result in zip(also, others, strict=True):
+        print(report(f"full at {rate:.0f}/s open loop", result))
     return 0
 
 

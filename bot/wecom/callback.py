@@ -9,6 +9,8 @@ enqueues the row later. A database failure answers 503 so WeCom retries the deli
 from __future__ import annotations
 
 import logging
+import threading
+from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
 from typing import Any
 
@@ -57,6 +59,9 @@ class _InboxInsert:
         self.order: list[str] | None = list(compiled.positiontup) if compiled.positiontup else None
         self.binds = {key: table.c[key].type.dialect_impl(dialect).bind_processor(dialect) for key in _ROW_KEYS}
         self.errors: tuple[type[BaseException], ...] = (SQLAlchemyError, dialect.loaded_dbapi.Error)
+        # SQLite has one writer at a time and a waiting connection sleeps 1, 2, 5, 10 … ms between tries; threads
+        # of one server process (gthread, `sopbot dev`) queue on this lock instead, woken the moment it is free.
+        self.lock: AbstractContextManager[Any] = threading.Lock() if dialect.name == "sqlite" else nullcontext()
 
     def __call__(self, engine: Engine, row: dict[str, Any]) -> int | None:
         values = {key: (bind(value) if (bind := self.binds[key]) else value) for key, value in row.items()}
@@ -64,11 +69,12 @@ class _InboxInsert:
         dispose_if_forked(engine)
         raw = engine.raw_connection()
         try:
-            cursor = raw.cursor()
-            cursor.execute(self.sql, params)
-            found = cursor.fetchall()  # to the end: SQLite commits an autocommit statement when it completes
-            cursor.close()
-            raw.commit()
+            with self.lock:
+                cursor = raw.cursor()
+                cursor.execute(self.sql, params)
+                found = cursor.fetchall()  # to the end: SQLite commits an autocommit statement when it completes
+                cursor.close()
+                raw.commit()
         except BaseException:
             raw.invalidate()  # rare; a fresh connection is cheaper than wondering what state this one is in
             raise
