@@ -82,6 +82,42 @@ def make_requests(port: int, n: int) -> list[bytes]:
     return out
 
 
+WRK_SCRIPT = """
+local reqs = {}
+for line in io.lines("%s") do
+  local path, body = line:match("([^\\t]+)\\t(.*)")
+  reqs[#reqs + 1] = wrk.format("POST", path, {["Content-Type"] = "text/xml"}, body)
+end
+local i = 0
+request = function()
+  i = i + 1
+  return reqs[((i - 1) %% #reqs) + 1]
+end
+"""
+
+
+def wrk_rate(port: int, requests: list[bytes], tmp: Path, connections: int, seconds: float) -> float | None:
+    """Closed-loop requests/s measured by wrk (C, one thread), when it is installed: a load generator that takes
+    far less of the shared cores than ours, as a cross-check of the ratio. None without wrk."""
+    import shutil
+
+    if not shutil.which("wrk"):
+        return None
+    lines = tmp / f"requests-{port}.txt"
+    with lines.open("w") as out:
+        for raw in requests:
+            head, body = raw.split(b"\r\n\r\n", 1)
+            out.write(head.split(b"\r\n")[0].split()[1].decode() + "\t" + body.decode() + "\n")
+    script = tmp / f"requests-{port}.lua"
+    script.write_text(WRK_SCRIPT % lines)
+    done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(seconds))}s", "-s", str(script),  # noqa: S607
+                           f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True)
+    for line in done.stdout.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    return None
+
+
 def report(name: str, r: Result) -> str:
     return (f"{name:<28} {r.rate:9.0f}/s  ok={r.ok:<7} errors={r.errors:<5} p50={r.pct(0.5):6.1f} ms  "
             f"p99={r.pct(0.99):6.1f} ms  statuses={r.statuses}")
@@ -131,7 +167,7 @@ def main() -> int:
         wait_ready(full_port)
         wait_ready(bare_port)
         also = [float(r) for r in args.also_rates.split(",") if r.strip()]
-        n = int((max(args.rate, 4000) * 1.5 + sum(also)) * args.seconds)
+        n = int((max(args.rate, 4000) * 2.5 + sum(also)) * args.seconds)
         full_reqs, bare_reqs = make_requests(full_port, n), make_requests(bare_port, 2000)
         # warm-up (imports, connection pools), then the measured runs
         asyncio.run(run("127.0.0.1", full_port, make_requests(full_port, 200), connections=4, duration=1.0))
@@ -152,6 +188,8 @@ def main() -> int:
         for rate in also:
             others.append(measured(f"at {rate:.0f}", full_port, full_reqs[used:], connections=64, rate=rate))
             used += others[-1].sent
+        wrk_bare = wrk_rate(bare_port, bare_reqs, tmp, args.connections, args.seconds)
+        wrk_full = wrk_rate(full_port, full_reqs[used:], tmp, args.connections, args.seconds)
     finally:
         for s in servers:
             s.send_signal(signal.SIGTERM)
@@ -174,6 +212,11 @@ def main() -> int:
           f"achieved {fixed.rate:.0f}/s")
     for rate, result in zip(also, others, strict=True):
         print(report(f"full at {rate:.0f}/s open loop", result))
+    if wrk_bare and wrk_full:
+        print(f"with wrk as load generator   bare {wrk_bare:.0f}/s, full {wrk_full:.0f}/s, "
+              f"ratio {wrk_full / wrk_bare:.2f} (closed loop, {args.connections} connections)")
+    else:
+        print("wrk not installed: no cross-check of the ratio with a lighter load generator")
     return 0
 
 
