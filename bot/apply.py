@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import singledispatch
@@ -21,6 +22,7 @@ from typing import Any
 from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ClauseElement
 
 from bot.actions import (
     Action,
@@ -56,7 +58,8 @@ from bot.models import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["apply", "ApplyContext", "DomainEvent", "executes", "subscribe", "insert_ignore", "get_or_create_customer"]
+__all__ = ["apply", "ApplyContext", "DomainEvent", "executes", "subscribe", "insert_ignore", "get_or_create_customer",
+           "batch_tag_reads"]
 
 _CUSTOMER_FIELDS = {"name", "avatar", "type", "gender", "corp_name", "unionid", "profile", "custom_fields"}
 _FOLLOW_FIELDS = {"remark", "description", "add_way", "oper_userid"}
@@ -103,14 +106,45 @@ class ApplyContext:
         return get_or_create_customer(self.session, external_userid, self.now, self.customers)
     # (external_userid, userid) -> (tags to add, tags to remove): one mark_tag per pair per apply.
     pending_marks: dict[tuple[str, str], tuple[set[str], set[str]]] = field(default_factory=dict)
+    # (group, name) -> corp tag id (None: not in the local mirror): read once per apply, reset by SyncCorpTags.
+    corp_tag_ids: dict[tuple[str, str], str | None] = field(default_factory=dict)
+
+    # Set only while a batch executor runs its own tag actions (``batch_tag_reads``): the follows and tag rows of
+    # the batch's customers, read once. None otherwise: every executor then reads what it needs itself.
+    batch_follows: dict[int, list[str]] | None = None
+    batch_tags: dict[int, dict[tuple[str, str], CustomerTag]] | None = None
+    # Per-apply reads the areas' batch executors share with their own actions (keyed by area).
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    def load_customers(self, external_userids: Iterable[str]) -> None:
+        """Read the customers that exist among ``external_userids`` into the per-apply cache in one query (a
+        batch's executors then look them up without a statement each); missing ones are created on first use."""
+        wanted = sorted({e for e in external_userids if e and e not in self.customers})
+        for start in range(0, len(wanted), 500):
+            for customer in self.session.scalars(select(Customer).where(
+                    Customer.external_userid.in_(wanted[start:start + 500]))):
+                self.customers[customer.external_userid] = customer
+
+
+_INSERT_IGNORE: dict[tuple[str, str, tuple[str, ...]], Any] = {}
 
 
 def insert_ignore(session: Session, table: Table, values: Mapping[str, Any], conflict: list[str]) -> bool:
-    """INSERT … ON CONFLICT DO NOTHING on both backends; True when a row was inserted."""
+    """INSERT … ON CONFLICT DO NOTHING on both backends; True when a row was inserted.
+
+    The statement is built once per (dialect, table, conflict columns) and the row passed as parameters:
+    building ``insert(table).values(**row)`` coerces every value into a bind on each call, which cost more
+    CPU than running the statement on the hot paths (a message batch makes several per message)."""
     dialect = session.get_bind().dialect.name
-    mod: Any = postgresql if dialect == "postgresql" else sqlite
-    stmt = mod.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
-    result = session.execute(stmt)
+    if any(isinstance(v, ClauseElement) for v in values.values()):  # SQL expressions cannot be parameters
+        mod: Any = postgresql if dialect == "postgresql" else sqlite
+        result = session.execute(mod.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict))
+        return bool(getattr(result, "rowcount", 0))
+    key = (dialect, table.name, tuple(conflict))
+    stmt = _INSERT_IGNORE.get(key)
+    if stmt is None:
+        stmt = _INSERT_IGNORE[key] = _dialect_insert(session, table).on_conflict_do_nothing(index_elements=conflict)
+    result = session.execute(stmt, dict(values))
     return bool(getattr(result, "rowcount", 0))
 
 
@@ -236,19 +270,28 @@ def _(action: RecordTimeline, ctx: ApplyContext) -> None:
                                       dict(action.detail), action.userid, action.source))
 
 
+_OUTBOX_INSERT: dict[str, Any] = {}  # dialect name -> INSERT … ON CONFLICT (dedupe_key) DO NOTHING RETURNING id
+
+
+def _outbox_insert(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    stmt = _OUTBOX_INSERT.get(dialect)
+    if stmt is None:
+        table: Any = Outbox.__table__
+        stmt = _OUTBOX_INSERT[dialect] = (_dialect_insert(session, table)
+                                          .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                                          .returning(table.c.id))
+    return stmt
+
+
 def _add_outbox(ctx: ApplyContext, kind: str, payload: Mapping[str, Any], dedupe_key: str, queue: str,
                 deadline_at: datetime | None = None, not_before: datetime | None = None) -> None:
-    inserted = insert_ignore(
-        ctx.session, Outbox.__table__,  # type: ignore[arg-type]
-        {"kind": kind, "queue": queue, "dedupe_key": dedupe_key, "payload": dict(payload),
-         "status": "pending", "attempts": 0, "created_at": ctx.now, "deadline_at": deadline_at,
-         "not_before": not_before},
-        ["dedupe_key"],
-    )
-    if inserted:
-        row_id = ctx.session.scalar(select(Outbox.id).where(Outbox.dedupe_key == dedupe_key))
-        if row_id is not None:
-            ctx.outbox_ids.append(row_id)
+    # One statement (RETURNING: PostgreSQL, SQLite >= 3.35); no row back = the dedupe key existed: nothing new.
+    row_id = ctx.session.execute(_outbox_insert(ctx.session), {
+        "kind": kind, "queue": queue, "dedupe_key": dedupe_key, "payload": dict(payload), "status": "pending",
+        "attempts": 0, "created_at": ctx.now, "deadline_at": deadline_at, "not_before": not_before}).scalar()
+    if row_id is not None:
+        ctx.outbox_ids.append(row_id)
 
 
 @_apply.register
@@ -257,9 +300,47 @@ def _(action: EnqueueCall, ctx: ApplyContext) -> None:
                 action.deadline_at, action.not_before)
 
 
+@contextmanager
+def batch_tag_reads(ctx: ApplyContext, customer_ids: Iterable[int]) -> Iterator[None]:
+    """For the duration of the block, AddTags/RemoveTags on these customers use their follows and tag rows read
+    here in two queries instead of two per action. Only for a block that runs nothing but tag, timeline and
+    rule actions (none of which changes a follow, and tag rows change only through the ORM objects read here):
+    subscribers run after it, when the per-action reads are back."""
+    ids = sorted(set(customer_ids))
+    follows: dict[int, list[str]] = {cid: [] for cid in ids}
+    tags: dict[int, dict[tuple[str, str], CustomerTag]] = {cid: {} for cid in ids}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        for cid, userid in ctx.session.execute(select(FollowRelation.customer_id, FollowRelation.userid).where(
+                FollowRelation.customer_id.in_(chunk), FollowRelation.deleted_at.is_(None))
+                .order_by(FollowRelation.id)):
+            follows[cid].append(userid)
+        for row in ctx.session.scalars(select(CustomerTag).where(CustomerTag.customer_id.in_(chunk))):
+            tags[row.customer_id][(row.group_name, row.name)] = row
+    ctx.batch_follows, ctx.batch_tags = follows, tags
+    try:
+        yield
+    finally:
+        ctx.batch_follows = ctx.batch_tags = None
+
+
+def _tag_row(ctx: ApplyContext, customer: Customer, tag: TagRef, active_only: bool) -> CustomerTag | None:
+    known = ctx.batch_tags.get(customer.id) if ctx.batch_tags is not None else None
+    if known is not None:
+        row = known.get((tag.group, tag.name))
+        return None if row is None or (active_only and row.removed_at is not None) else row
+    stmt = select(CustomerTag).where(CustomerTag.customer_id == customer.id, CustomerTag.group_name == tag.group,
+                                     CustomerTag.name == tag.name)
+    if active_only:
+        stmt = stmt.where(CustomerTag.removed_at.is_(None))
+    return ctx.session.scalar(stmt)
+
+
 def _targets(ctx: ApplyContext, customer: Customer, userid: str | None) -> list[str]:
     if userid:
         return [userid]
+    if ctx.batch_follows is not None and customer.id in ctx.batch_follows:
+        return list(ctx.batch_follows[customer.id])
     return list(ctx.session.scalars(
         select(FollowRelation.userid).where(FollowRelation.customer_id == customer.id,
                                             FollowRelation.deleted_at.is_(None))
@@ -279,23 +360,30 @@ def _(action: AddTags, ctx: ApplyContext) -> None:
     customer = ctx.customer(action.external_userid)
     targets = _targets(ctx, customer, action.userid) if action.mark_in_wecom else []
     for tag in action.tags:
-        row = ctx.session.scalar(select(CustomerTag).where(
-            CustomerTag.customer_id == customer.id, CustomerTag.group_name == tag.group,
-            CustomerTag.name == tag.name))
+        row = _tag_row(ctx, customer, tag, active_only=False)
         if row is not None and row.removed_at is None:
             continue  # already on: applying again is a no-op (no second timeline entry, no mark_tag)
+        tag_id = _corp_tag_id(ctx, tag)  # before the row is added: one INSERT, no UPDATE of tag_id after it
         if row is None:
             row = CustomerTag(customer_id=customer.id, group_name=tag.group, name=tag.name)
             ctx.session.add(row)
+            if ctx.batch_tags is not None and customer.id in ctx.batch_tags:
+                ctx.batch_tags[customer.id][(tag.group, tag.name)] = row
         row.source, row.reason, row.applied_at = action.source, dict(action.reason), at
         row.removed_at, row.removed_reason = None, None
-        tag_id = ctx.session.scalar(select(CorpTag.id).where(
-            CorpTag.group_name == tag.group, CorpTag.name == tag.name, CorpTag.is_group.is_(False),
-            CorpTag.deleted.is_(False)).limit(1))
         row.tag_id = tag_id
         ctx.session.flush()
         _record_tag_timeline(ctx, customer, "tag_added", tag, action.source, action.reason, at, action.userid)
         _queue_mark(ctx, customer.external_userid, targets, tag, add=True)
+
+
+def _corp_tag_id(ctx: ApplyContext, tag: TagRef) -> str | None:
+    key = (tag.group, tag.name)
+    if key not in ctx.corp_tag_ids:
+        ctx.corp_tag_ids[key] = ctx.session.scalar(select(CorpTag.id).where(
+            CorpTag.group_name == tag.group, CorpTag.name == tag.name, CorpTag.is_group.is_(False),
+            CorpTag.deleted.is_(False)).limit(1))
+    return ctx.corp_tag_ids[key]
 
 
 @_apply.register
@@ -304,9 +392,7 @@ def _(action: RemoveTags, ctx: ApplyContext) -> None:
     customer = ctx.customer(action.external_userid)
     targets = _targets(ctx, customer, action.userid) if action.mark_in_wecom else []
     for tag in action.tags:
-        row = ctx.session.scalar(select(CustomerTag).where(
-            CustomerTag.customer_id == customer.id, CustomerTag.group_name == tag.group,
-            CustomerTag.name == tag.name, CustomerTag.removed_at.is_(None)))
+        row = _tag_row(ctx, customer, tag, active_only=True)
         if row is None:
             continue
         row.removed_at = at
@@ -360,6 +446,7 @@ def _(action: MarkEmployeeLeft, ctx: ApplyContext) -> None:
 
 @_apply.register
 def _(action: SyncCorpTags, ctx: ApplyContext) -> None:
+    ctx.corp_tag_ids.clear()
     seen: set[str] = set()
     for group in action.tag_groups:
         gid, gname = str(group.get("group_id", "")), str(group.get("group_name", ""))

@@ -22,12 +22,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from redis.exceptions import RedisError
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from bot.actions import Action, EnqueueCall
 from bot.apply import apply
-from bot.db import rowcount, utcnow
+from bot.db import utcnow
 from bot.models import KV, Customer, Outbox, TimelineEntry
 from bot.observability import JOBS
 from bot.queues import enqueue_outbox
@@ -189,16 +189,15 @@ def run_inline(services: Services, ids: list[int]) -> dict[str, int]:
     if not ids:
         return {}
     now = utcnow()
+    table: Any = Outbox.__table__
     with services.transaction() as session:
-        claimed: list[int] = []
-        for outbox_id in ids:
-            if rowcount(session.execute(
-                    update(Outbox).where(Outbox.id == outbox_id, Outbox.status.in_(("pending", "retry")))
-                    .where((Outbox.not_before.is_(None)) | (Outbox.not_before <= now))
-                    .values(status="running", attempts=Outbox.attempts + 1, next_attempt_at=now + LEASE))):
-                claimed.append(outbox_id)
-        rows = list(session.execute(select(Outbox.id, Outbox.kind, Outbox.payload, Outbox.attempts)
-                                    .where(Outbox.id.in_(claimed)).order_by(Outbox.id)).all()) if claimed else []
+        # One compare-and-set for the whole batch (UPDATE … RETURNING: PostgreSQL, SQLite >= 3.35): a row
+        # already claimed elsewhere does not match and is skipped, as with one UPDATE per row.
+        rows = sorted(session.execute(
+            update(table).where(table.c.id.in_(ids), table.c.status.in_(("pending", "retry")))
+            .where((table.c.not_before.is_(None)) | (table.c.not_before <= now))
+            .values(status="running", attempts=table.c.attempts + 1, next_attempt_at=now + LEASE)
+            .returning(table.c.id, table.c.kind, table.c.payload, table.c.attempts)).all())
     if not rows:
         return {"inline_skipped": len(ids)}
     names = sorted({str(n) for _, _, p, _ in rows for n in [*p.get("add", []), *p.get("remove", [])]})
@@ -220,9 +219,10 @@ def run_inline(services: Services, ids: list[int]) -> dict[str, int]:
                            f"{type(exc).__name__}: {exc}", attempts))
     finished = utcnow()
     with services.transaction() as session:
-        for outbox_id, result in done:
-            session.execute(update(Outbox).where(Outbox.id == outbox_id).values(
-                status="done", done_at=finished, result=result, last_error=None, next_attempt_at=None))
+        if done:  # one executemany for the batch's successes
+            session.execute(update(table).where(table.c.id == bindparam("done_id")).values(
+                status="done", done_at=finished, result=bindparam("done_result"), last_error=None,
+                next_attempt_at=None), [{"done_id": i, "done_result": result} for i, result in done])
         for outbox_id, status, error, attempts in failed:
             delay = timedelta(seconds=RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1))
             session.execute(update(Outbox).where(Outbox.id == outbox_id).values(

@@ -14,8 +14,9 @@ from bot.apply import ApplyContext, DomainEvent, _apply, executes, subscribe
 from bot.models import Customer
 from bot.scoring import outcomes as _outcomes  # noqa: F401 - registers the SOP step report's rollup subscriber
 from bot.scoring import service
+from bot.scoring.model import LedgerEntry
 
-__all__ = ["ScoreDomainEvents"]
+__all__ = ["ScoreBatch", "ScoreDomainEvents"]
 
 # Our own timeline kinds never score (and must not loop through the cascade).
 _IGNORED_PREFIXES = ("stage_changed", "lead_")
@@ -27,16 +28,41 @@ class ScoreDomainEvents(Action):
     events: tuple[DomainEvent, ...]
 
 
+@dataclass(frozen=True)
+class ScoreBatch(Action):
+    """One round of events, per customer: the ledgers and lead states are read once for all of them."""
+
+    items: tuple[ScoreDomainEvents, ...]
+
+
 @subscribe
 def _on_events(ctx: ApplyContext, events: list[DomainEvent]) -> list[Action]:
     relevant = [e for e in events if not e.kind.startswith(_IGNORED_PREFIXES)]
-    return [ScoreDomainEvents(cid, tuple(evs)) for cid, evs in service.group_by_customer(relevant).items()]
+    items = tuple(ScoreDomainEvents(cid, tuple(evs)) for cid, evs in service.group_by_customer(relevant).items())
+    return [ScoreBatch(items)] if items else []
+
+
+@executes
+def _(action: ScoreBatch, ctx: ApplyContext) -> None:
+    # A customer's scoring writes only that customer's ledger and lead state, so reading them all before the
+    # first customer is scored gives each the same rows its own query would.
+    ids = [item.customer_id for item in action.items]
+    ledgers = service.ledgers_of(ctx.session, ids)
+    absent = service.load_lead_states(ctx.session, ids)
+    for item in action.items:
+        _score(item, ctx, ledgers[item.customer_id], item.customer_id in absent)
 
 
 @executes
 def _(action: ScoreDomainEvents, ctx: ApplyContext) -> None:
+    _score(action, ctx)
+
+
+def _score(action: ScoreDomainEvents, ctx: ApplyContext, ledger: list[LedgerEntry] | None = None,
+           state_absent: bool = False) -> None:
     customer = ctx.session.get(Customer, action.customer_id)
     if customer is None:
         return
-    for follow_up in service.apply_domain_events(ctx.session, customer, action.events, ctx.now):
+    for follow_up in service.apply_domain_events(ctx.session, customer, action.events, ctx.now, ledger=ledger,
+                                                 state_absent=state_absent):
         _apply(follow_up, ctx)

@@ -51,6 +51,7 @@ from bot.sop.timing import add_business_minutes
 
 __all__ = [
     "STAGE_CN", "SalesSettings", "ScoringError", "accept", "apply_domain_events", "config", "explain_customer",
+    "ledgers_of", "load_lead_states",
     "reject", "recycle", "rescore", "route_lead", "sales_settings", "escalate_due", "set_stage", "to_score_events",
 ]
 
@@ -189,8 +190,36 @@ def ledger_of(session: Session, customer_id: int) -> list[LedgerEntry]:
             for r in rows]
 
 
-def lead_state(session: Session, customer_id: int) -> LeadState:
-    state = session.get(LeadState, customer_id)
+_LEDGER_COLUMNS = (ScoreLedgerEntry.customer_id, ScoreLedgerEntry.rule_id, ScoreLedgerEntry.event_id,
+                   ScoreLedgerEntry.points, ScoreLedgerEntry.dimension, ScoreLedgerEntry.at)
+
+
+def ledgers_of(session: Session, customer_ids: Iterable[int]) -> dict[int, list[LedgerEntry]]:
+    """``ledger_of`` for many customers in one query (same entries, same order per customer)."""
+    ids = sorted(set(customer_ids))
+    out: dict[int, list[LedgerEntry]] = {cid: [] for cid in ids}
+    if ids:
+        for cid, rule_id, event_id, points, dimension, at in session.execute(
+                select(*_LEDGER_COLUMNS).where(ScoreLedgerEntry.customer_id.in_(ids))
+                .order_by(ScoreLedgerEntry.at, ScoreLedgerEntry.id)):
+            out[cid].append(LedgerEntry(str(cid), rule_id, event_id, points, dimension, at))  # type: ignore[arg-type]
+    return out
+
+
+def load_lead_states(session: Session, customer_ids: Iterable[int]) -> set[int]:
+    """Load the customers' LeadState rows into the session (``lead_state`` then finds them without a query);
+    returns the ids that have none yet."""
+    ids = sorted(set(customer_ids))
+    if not ids:
+        return set()
+    found = {st.customer_id for st in session.scalars(select(LeadState).where(LeadState.customer_id.in_(ids)))}
+    return set(ids) - found
+
+
+def lead_state(session: Session, customer_id: int, absent: bool = False) -> LeadState:
+    """The customer's LeadState, created if missing. ``absent``: the caller just read that there is none (skip
+    the lookup; the insert still tolerates a row a concurrent transaction created meanwhile)."""
+    state = None if absent else session.get(LeadState, customer_id)
     if state is None:
         insert_ignore(session, LeadState.__table__,  # type: ignore[arg-type]
                       {"customer_id": customer_id, "armed": {}, "fit": 0.0, "engagement": 0.0, "reached_rank": 0},
@@ -201,8 +230,12 @@ def lead_state(session: Session, customer_id: int) -> LeadState:
 
 
 def apply_domain_events(session: Session, customer: Customer, events: Sequence[DomainEvent], now: datetime,
-                        sales: SalesSettings | None = None) -> list[Action]:
-    """Score the events, record first touches, move the stage; returns the core actions to apply."""
+                        sales: SalesSettings | None = None, *, ledger: Sequence[LedgerEntry] | None = None,
+                        state_absent: bool = False) -> list[Action]:
+    """Score the events, record first touches, move the stage; returns the core actions to apply.
+
+    ``ledger``: the customer's ledger as ``ledgers_of`` read it for the whole batch (else read here);
+    ``state_absent``: the batch read found no LeadState row for the customer."""
     cfg = config()
     for event in events:
         if event.kind == "message_sent":
@@ -210,7 +243,7 @@ def apply_domain_events(session: Session, customer: Customer, events: Sequence[D
     score_events = [se for e in events for se in to_score_events(session, e)]
     if not score_events:
         return []
-    entries = ledger_of(session, customer.id)
+    entries = ledger_of(session, customer.id) if ledger is None else list(ledger)
     prior = list(entries)
     added = False
     for se in sorted(score_events, key=lambda e: e.at):
@@ -226,11 +259,12 @@ def apply_domain_events(session: Session, customer: Customer, events: Sequence[D
                     outcomes.mark_inquiry(session, customer.id, entry.at)  # the SOP step report's rollup
     if not added:
         return []
-    return rescore(session, customer, now, sales, entries=entries, prior=prior)
+    return rescore(session, customer, now, sales, entries=entries, prior=prior, state_absent=state_absent)
 
 
 def rescore(session: Session, customer: Customer, now: datetime, sales: SalesSettings | None = None, *,
-            entries: list[LedgerEntry] | None = None, prior: list[LedgerEntry] | None = None) -> list[Action]:
+            entries: list[LedgerEntry] | None = None, prior: list[LedgerEntry] | None = None,
+            state_absent: bool = False) -> list[Action]:
     """Recompute the (decayed) score at `now`, persist it with the armed map, apply threshold crossings.
 
     With `prior` (the ledger before new entries) the move is judged in two steps: the stored score decays to
@@ -239,7 +273,7 @@ def rescore(session: Session, customer: Customer, now: datetime, sales: SalesSet
     """
     cfg, sales = config(), sales or sales_settings()
     entries = ledger_of(session, customer.id) if entries is None else entries
-    state = lead_state(session, customer.id)
+    state = lead_state(session, customer.id, absent=state_absent)
     score = score_at(cfg, entries, now)
     machine = StageMachine.from_config(cfg)
     steps = [float(customer.score or 0.0)]

@@ -405,19 +405,39 @@ def insert_tasks(session: Session, rows: list[dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------------------- enrollment
 
 
-def _records(session: Session, customer_id: int) -> list[EnrollmentRecord]:
+def _records(session: Session, customer_id: int,
+             enrollments: Sequence[SopEnrollment] | None = None) -> list[EnrollmentRecord]:
+    if enrollments is None:
+        enrollments = session.scalars(select(SopEnrollment).where(SopEnrollment.customer_id == customer_id)).all()
     return [EnrollmentRecord(e.sop_id, e.external_userid, e.rotation, e.started_at,
                              e.exited_at if e.state != "active" else None, e.exit_reason)
-            for e in session.scalars(select(SopEnrollment).where(SopEnrollment.customer_id == customer_id))]
+            for e in enrollments]
+
+
+def enrollments_of(session: Session, customer_ids: Iterable[int]) -> dict[int, list[SopEnrollment]]:
+    """Every enrollment of each customer (all states), read in one query per chunk: what ``handle_events``
+    needs per customer (the active ones for exits and replies, all of them for the re-entry rules)."""
+    ids = sorted(set(customer_ids))
+    out: dict[int, list[SopEnrollment]] = {cid: [] for cid in ids}
+    for start in range(0, len(ids), READ_CHUNK):
+        chunk = ids[start:start + READ_CHUNK]
+        for e in session.scalars(select(SopEnrollment).where(any_of(session, SopEnrollment.customer_id, chunk))
+                                 .order_by(SopEnrollment.id)):
+            out[e.customer_id].append(e)
+    return out
 
 
 def enroll(session: Session, sop: SopDefinition, state: CustomerState, owner: str | None,
-           trigger: TriggerEvent | None, at: datetime, plan: PlanContext) -> list[Action]:
-    """Enroll if the engine says so (crowd/trigger, exit pre-check, uniqueness, re-entry); plan step one."""
+           trigger: TriggerEvent | None, at: datetime, plan: PlanContext,
+           enrollments: list[SopEnrollment] | None = None) -> list[Action]:
+    """Enroll if the engine says so (crowd/trigger, exit pre-check, uniqueness, re-entry); plan step one.
+
+    ``enrollments``: the customer's enrollments as ``enrollments_of`` read them, when the caller has them
+    (one query per batch instead of one per call); a new enrollment is appended to it."""
     from bot.apply import insert_ignore
 
     view = state.view(owner)
-    decision = should_enroll(sop, view, trigger, _records(session, state.customer.id), at)
+    decision = should_enroll(sop, view, trigger, _records(session, state.customer.id, enrollments), at)
     if not decision.enroll:
         return []
     inserted = insert_ignore(session, SopEnrollment.__table__, {  # type: ignore[arg-type]
@@ -431,6 +451,8 @@ def enroll(session: Session, sop: SopDefinition, state: CustomerState, owner: st
         SopEnrollment.sop_id == sop.id, SopEnrollment.customer_id == state.customer.id,
         SopEnrollment.rotation == decision.rotation))
     assert enrollment is not None
+    if enrollments is not None:
+        enrollments.append(enrollment)
     if plan.touches.get(state.customer.id) is None:
         plan.touches.update(touches_for(session, [state.customer.id], plan.now))
     rows, actions = plan_next(session, sop, enrollment, view, 0, None, plan)
@@ -490,12 +512,16 @@ def handle_events(session: Session, events: Sequence[Any], now: datetime,
     if not by_customer:
         return []
     states = customer_views(session, by_customer)
+    # Every enrollment of the batch's customers in one read (was: one query for the active ones per customer
+    # and one per enroll() call). Each customer's list is only touched by its own iteration below, and
+    # enroll() appends what it creates, so every check sees what a query at that point would return.
+    enrollments = enrollments_of(session, states)
     for customer_id, evs in by_customer.items():
         state = states.get(customer_id)
         if state is None:
             continue
-        active = list(session.scalars(select(SopEnrollment).where(SopEnrollment.customer_id == customer_id,
-                                                                  SopEnrollment.state == "active")))
+        mine = enrollments[customer_id]
+        active = [e for e in mine if e.state == "active"]
         for event in evs:
             if is_customer_reply(event.kind, event.detail):
                 for enrollment in active:
@@ -519,9 +545,10 @@ def handle_events(session: Session, events: Sequence[Any], now: datetime,
                     if trigger is None:
                         continue
                     owner = event.userid if event.userid in state.follows else state.primary_owner()
-                    actions += enroll(session, sop, state, owner, trigger, event.at, plan)
+                    actions += enroll(session, sop, state, owner, trigger, event.at, plan, mine)
             elif any(e.kind in CROWD_EVENTS for e in evs):
-                actions += enroll(session, sop, state, state.primary_owner(), None, max(e.at for e in evs), plan)
+                actions += enroll(session, sop, state, state.primary_owner(), None, max(e.at for e in evs), plan,
+                                  mine)
     return actions
 
 

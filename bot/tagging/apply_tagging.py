@@ -27,13 +27,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bot.actions import Action, AddTags, EnqueueCall, RecordTimeline, RemoveTags, TagRef
-from bot.apply import ApplyContext, DomainEvent, _apply, executes, insert_ignore, subscribe
+from bot.apply import ApplyContext, DomainEvent, _apply, batch_tag_reads, executes, insert_ignore, subscribe
 from bot.models import KV, TimelineEntry
 from bot.tagging.behaviour import evaluate_event
 from bot.tagging.decide import decide
 from bot.tagging.model import BehaviourEvent, EventKind, KeywordRule
 from bot.tagging.models import RuleHit, TaggingMessage
 from bot.tagging.service import (
+    BatchHistory,
     MessageRecord,
     batch_key,
     current_rules,
@@ -42,6 +43,8 @@ from bot.tagging.service import (
     hit_key,
     rule_history,
 )
+
+_HISTORY = "tagging:history"  # ctx.memo key of the BatchHistory while ProcessMessages runs its batch
 
 log = logging.getLogger("sopbot.tagging")
 
@@ -179,8 +182,18 @@ def _(action: ProcessMessages, ctx: ApplyContext) -> None:
     # Claimed (row locks on PostgreSQL, the write lock on SQLite): mark the batch done in one statement.
     ctx.session.execute(update(TaggingMessage).where(TaggingMessage.id.in_([row.id for row in rows]))
                         .values(status="done", processed_at=ctx.now).execution_options(synchronize_session=False))
-    for record in records:
-        _process(ctx, record)
+    ctx.load_customers(r.external_userid for r in records if r.external_userid)  # one read for the batch
+    # Follows and tag rows of the batch's customers, read once for the tag actions the loop applies.
+    exts = {r.external_userid for r in records}
+    ids = [c.id for e, c in ctx.customers.items() if e in exts]
+    # Follows and tag rows (bot.apply) and rule history of the batch's customers, read once for the loop's actions.
+    ctx.memo[_HISTORY] = BatchHistory(ctx.session, ids)
+    try:
+        with batch_tag_reads(ctx, ids):
+            for record in records:
+                _process(ctx, record)
+    finally:
+        del ctx.memo[_HISTORY]
 
 
 # ------------------------------------------------------------------------------------------------ rules
@@ -193,15 +206,23 @@ def _(action: FireRule, ctx: ApplyContext) -> None:
     if rule is None or not rule.enabled:
         return  # deleted or disabled between the hit and now
     customer = ctx.customer(action.external_userid)
-    decision = decide(rule, action.at, rule_history(ctx.session, rule, customer.id))
+    batch: BatchHistory | None = ctx.memo.get(_HISTORY)
+    history = batch.history(rule, customer.id) if batch is not None else None
+    if history is None:
+        history = rule_history(ctx.session, rule, customer.id)
+    decision = decide(rule, action.at, history)
     kind = "keyword" if isinstance(rule, KeywordRule) else "behaviour"
     inserted = insert_ignore(ctx.session, RuleHit.__table__, {  # type: ignore[arg-type]
         "rule_id": rule.id, "rule_kind": kind, "customer_id": customer.id,
         "external_userid": customer.external_userid, "at": action.at, "applied": decision.apply,
         "decision": decision.reason[:255], "evidence": dict(action.evidence),
         "hit_key": hit_key(rule.id, action.what)}, ["hit_key"])
+    if inserted and batch is not None:
+        batch.recorded(rule.id, customer.id, action.at, decision.apply)
     if not inserted or not decision.apply:
         return
+    if rule.remove_tags and batch is not None:
+        batch.forget(customer.id)  # its tag removals change: the customer's next decisions read them again
     source = f"{kind}_rule"
     reason = {"rule_id": rule.id, "rule_name": rule.name, "rule_kind": kind, **dict(action.evidence),
               "decision": decision.reason, "at": action.at.isoformat()}

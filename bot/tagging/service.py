@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from bot.models import KV, Customer, CustomerTag, Employee, TimelineEntry
@@ -311,7 +311,7 @@ def employee_departments(session: Session, userid: str | None) -> frozenset[str]
 # ---------------------------------------------------------------------------------------------- history
 
 
-def _is_manual_removal(entry: TimelineEntry) -> bool:
+def _is_manual_removal(entry: TimelineEntry | Row[Any]) -> bool:
     reason = (entry.detail or {}).get("reason") or {}
     return entry.source == "manual" or bool(isinstance(reason, Mapping) and reason.get("manual"))
 
@@ -320,13 +320,57 @@ def rule_history(session: Session, rule: KeywordRule | BehaviourRule, customer_i
     hits = session.execute(
         select(RuleHit.at, RuleHit.applied).where(RuleHit.rule_id == rule.id, RuleHit.customer_id == customer_id)
         .order_by(RuleHit.at.desc()).limit(HISTORY_LIMIT)).all()
-    applied = [at for at, was_applied in hits if was_applied]
-    tags = set(rule.add_tags)
-    removed = [e.at for e in session.scalars(select(TimelineEntry).where(
+    # Columns, not entities: a decision needs three fields, and loading ORM objects cost more than the query.
+    removals = session.execute(select(TimelineEntry.at, TimelineEntry.source, TimelineEntry.detail).where(
         TimelineEntry.customer_id == customer_id, TimelineEntry.kind == "tag_removed")).all()
-        if (e.detail or {}).get("tag") in tags and _is_manual_removal(e)]
-    return RuleHistory(hits=tuple(at for at, _ in hits), last_applied_at=max(applied) if applied else None,
+    return history_of(rule, [(at, applied) for at, applied in hits], removals)
+
+
+def history_of(rule: KeywordRule | BehaviourRule, hits: Sequence[tuple[datetime, bool]],
+               removals: Sequence[Row[Any]]) -> RuleHistory:
+    """The RuleHistory of ``rule`` from its hits on the customer (any order; the latest HISTORY_LIMIT count) and
+    the customer's tag_removed entries (at, source, detail): what ``rule_history`` reads, and what a batch reads
+    once for all its customers (``history_reads``)."""
+    latest = sorted(hits, key=lambda h: h[0], reverse=True)[:HISTORY_LIMIT]
+    applied = [at for at, was_applied in latest if was_applied]
+    tags = set(rule.add_tags)
+    removed = [e.at for e in removals if (e.detail or {}).get("tag") in tags and _is_manual_removal(e)]
+    return RuleHistory(hits=tuple(at for at, _ in latest), last_applied_at=max(applied) if applied else None,
                        manually_removed_at=max(removed) if removed else None)
+
+
+class BatchHistory:
+    """Rule hits and tag removals of a batch's customers, read in two queries; ``FireRule`` keeps it current
+    with the hits it records, and drops a customer from it whenever it removes tags (then reads again)."""
+
+    def __init__(self, session: Session, customer_ids: Iterable[int]) -> None:
+        self.customers = set(customer_ids)
+        self.hits: dict[tuple[str, int], list[tuple[datetime, bool]]] = {}
+        self.removals: dict[int, list[Row[Any]]] = {}
+        ids = sorted(self.customers)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            for rule_id, cid, at, applied in session.execute(select(
+                    RuleHit.rule_id, RuleHit.customer_id, RuleHit.at, RuleHit.applied).where(
+                    RuleHit.customer_id.in_(chunk))):
+                self.hits.setdefault((rule_id, cid), []).append((at, applied))
+            for row in session.execute(select(TimelineEntry.customer_id, TimelineEntry.at, TimelineEntry.source,
+                                              TimelineEntry.detail).where(TimelineEntry.customer_id.in_(chunk),
+                                                                          TimelineEntry.kind == "tag_removed")):
+                self.removals.setdefault(row.customer_id, []).append(row)
+
+    def history(self, rule: KeywordRule | BehaviourRule, customer_id: int) -> RuleHistory | None:
+        """None when the customer is not (or no longer) covered: read with ``rule_history``."""
+        if customer_id not in self.customers:
+            return None
+        return history_of(rule, self.hits.get((rule.id, customer_id), []), self.removals.get(customer_id, []))
+
+    def recorded(self, rule_id: str, customer_id: int, at: datetime, applied: bool) -> None:
+        if customer_id in self.customers:
+            self.hits.setdefault((rule_id, customer_id), []).append((at, applied))
+
+    def forget(self, customer_id: int) -> None:
+        self.customers.discard(customer_id)
 
 
 def hit_key(rule_id: str, what: str) -> str:

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from typing import Any
+
 import opencc
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bot.tagging.normalize import (
@@ -120,3 +122,28 @@ def test_simplified_halfwidth_equals_nfkc_then_opencc(pieces: list[str]) -> None
 
     text = "".join(pieces)
     assert simplified_halfwidth(text) == opencc.OpenCC("t2s").convert(unicodedata.normalize("NFKC", text))
+
+
+@example("价格请问ＡaB，?！👍ok价格請問ＡaB，?！👍ok", [(0, 2), (5, 9), (0, 2), (30, 33), (-1, 3), (3, 3)])
+@given(st.text(alphabet="价格請問 \u3000\t ＡaB，?！👍ok", min_size=21, max_size=70), st.data())
+def test_excerpts_identity_fast_path_equals_the_general_cut(text: str, data: Any) -> None:
+    # excerpts() short-cuts texts whose offsets are the identity (a range); the general loop, fed the same offsets
+    # as a list, must cut the same excerpts for every span, including spans outside the text.
+    import importlib
+
+    module = importlib.import_module("bot.tagging.normalize")
+
+    norm, offsets = normalize_with_offsets(text)
+    n = len(norm)
+    spans = data if isinstance(data, list) else data.draw(
+        st.lists(st.tuples(st.integers(-2, n + 2), st.integers(-2, n + 2)), min_size=1, max_size=5))
+    if isinstance(data, list):
+        assert type(offsets) is range  # the example takes the fast path
+    fast = module.excerpts(text, spans, radius=4)
+    original = module.normalize_with_offsets
+    try:
+        module.normalize_with_offsets = lambda t, f=None: (norm, None if offsets is None else list(offsets))
+        general = module.excerpts(text, spans, radius=4)
+    finally:
+        module.normalize_with_offsets = original
+    assert fast == general
