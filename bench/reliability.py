@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.callback_ingest import free_port, wait_ready  # noqa: E402
+from bench.schema import fresh_schema  # noqa: E402
 from bench.workers import Killer, ProcessPool, wait_for  # noqa: E402
 from bot.config import DEMO_WECOM  # noqa: E402
 
@@ -76,22 +77,12 @@ class Figures:
 class Rig:
     def __init__(self, args: argparse.Namespace, *, redis_url: str | None = None) -> None:
         import yaml
-        from sqlalchemy import text
 
-        from bot.db import make_engine
-        from bot.migrate import upgrade
-        from bot.models import Base
         from bot.wecom.simulator import SimState, create_simulator_app, demo_scenario_path, load_scenario
 
         self.var = Path(tempfile.mkdtemp(prefix="sopbot-reliability-"))
         self.database_url = args.database_url or f"sqlite:///{self.var / 'sopbot.db'}"
-        if self.database_url.startswith("postgresql"):
-            engine = make_engine(self.database_url)
-            with engine.begin() as conn:
-                Base.metadata.drop_all(conn)
-                conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-            engine.dispose()
-        upgrade(self.database_url)
+        fresh_schema(self.database_url)
         self.embedded: Any = None
         if redis_url is None and args.redis_url:
             redis_url = args.redis_url

@@ -24,6 +24,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.schema import fresh_schema  # noqa: E402
+
 CORP = "wwbenchsync0000001"
 SECRET = "bench-secret"
 
@@ -67,25 +69,17 @@ def main() -> int:
     child.start()
     api_base = port_queue.get(timeout=600)
 
-    from sqlalchemy import func, select, text
+    from sqlalchemy import func, select
 
     from bot.config import load_settings
-    from bot.db import make_engine
-    from bot.migrate import upgrade
-    from bot.models import Base, Customer, FollowRelation
+    from bot.models import Customer, FollowRelation
     from bot.services import Services
     from bot.sync import run_sync
     from bot.wecom.client import WeComClient
 
     tmp = Path(tempfile.mkdtemp(prefix="sopbot-sync-"))
     db = args.database_url or f"sqlite:///{tmp / 'sync.db'}"
-    if db.startswith("postgresql"):
-        engine = make_engine(db)
-        with engine.begin() as conn:
-            Base.metadata.drop_all(conn)
-            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-        engine.dispose()
-    upgrade(db)
+    fresh_schema(db)
     env = {"SOPBOT_DATABASE_URL": db, "SOPBOT_VAR_DIR": str(tmp), "SOPBOT_SECRET_KEY": "bench-secret-key-0123456",
            "SOPBOT_ADMIN_TOKEN": "bench-admin-token", "WECOM_CORP_ID": CORP, "WECOM_CALLBACK_TOKEN": "benchtoken",
            "WECOM_ENCODING_AES_KEY": "a" * 43, "WECOM_AGENT_ID": "1000002", "WECOM_AGENT_SECRET": SECRET,
