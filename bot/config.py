@@ -76,6 +76,8 @@ class Settings:
     max_callback_bytes: int = 1024 * 1024
     log_format: str | None = None  # json | text; None: the command's default (docs/OPERATIONS.md "Logs")
     dashboard_admins: frozenset[str] = frozenset()  # SOPBOT_DASHBOARD_ADMINS: WeCom OAuth login to /dashboard
+    # WECOM_RATE_LIMIT: calls per minute per API path for this corp, shared by every process (PROTOCOL.md §4.2).
+    wecom_rate_limit: int = 1000
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -145,6 +147,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
     agent_raw = require("WECOM_AGENT_ID", "the AgentId of the self-built app (an integer such as 1000002)")
     if not agent_raw.isdigit():
         raise ConfigError(f"WECOM_AGENT_ID must be an integer, got {agent_raw!r}")
+    rate_raw = (get("WECOM_RATE_LIMIT", "1000") or "1000").strip()
+    if not rate_raw.isdigit() or not 1 <= int(rate_raw) <= 20000:
+        raise ConfigError(f"WECOM_RATE_LIMIT must be calls per minute per API, 1-20000 (WeCom publishes 10000 per "
+                          f"corp; 1000 is safe when corps share an egress IP), got {rate_raw!r}")
     agent_secret = require("WECOM_AGENT_SECRET", "the Secret of the self-built app (应用管理 → 自建应用)")
     api_base = get("WECOM_API_BASE", DEFAULT_API_BASE) or DEFAULT_API_BASE
     if not re.match(r"^https?://", api_base):
@@ -186,6 +192,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         agent_id=int(agent_raw),
         agent_secret=agent_secret,
         api_base=api_base,
+        wecom_rate_limit=int(rate_raw),
         log_format=log_format.lower() if log_format else None,
         dashboard_admins=frozenset(u.strip() for u in (get("SOPBOT_DASHBOARD_ADMINS", "") or "").split(",")
                                    if u.strip()),

@@ -57,7 +57,8 @@ class Services:
         from bot.wecom.client import WeComClient
 
         s = self.settings
-        return WeComClient(s.corp_id, s.agent_secret, self.redis, api_base=s.api_base, agent_id=s.agent_id)
+        return WeComClient(s.corp_id, s.agent_secret, self.redis, api_base=s.api_base, agent_id=s.agent_id,
+                           rate_limits={"*": s.wecom_rate_limit})
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:

@@ -18,6 +18,19 @@ def test_defaults() -> None:
     assert s.database_url == "sqlite:///var/sopbot.db" and s.redis_url is None
     assert s.timezone == "Asia/Shanghai" and s.agent_id == 1000002
     assert s.api_base == "https://qyapi.weixin.qq.com/cgi-bin/"
+    assert s.wecom_rate_limit == 1000
+
+
+def test_the_wecom_client_limits_calls_per_api_to_wecom_rate_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bot.services import Services
+
+    for raw, expected in ((None, 1000), ("10000", 10000)):
+        env = {**GOOD, "SOPBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "SOPBOT_REDIS_URL": "redis://x:1/0"}
+        if raw is not None:
+            env["WECOM_RATE_LIMIT"] = raw
+        services = Services.from_settings(load_settings(env, dotenv=False))
+        assert services.wecom.limiter.limit_for("externalcontact/mark_tag") == expected
+        services.engine.dispose()
 
 
 @pytest.mark.parametrize(("change", "named"), [
@@ -32,6 +45,9 @@ def test_defaults() -> None:
     ({"SOPBOT_REDIS_URL": "localhost:6379"}, "SOPBOT_REDIS_URL"),
     ({"SOPBOT_DATABASE_URL": "just-a-path.db"}, "SOPBOT_DATABASE_URL"),
     ({"WECOM_API_BASE": "ftp://x"}, "WECOM_API_BASE"),
+    ({"WECOM_RATE_LIMIT": "fast"}, "WECOM_RATE_LIMIT"),
+    ({"WECOM_RATE_LIMIT": "0"}, "WECOM_RATE_LIMIT"),
+    ({"WECOM_RATE_LIMIT": "50000"}, "WECOM_RATE_LIMIT"),
 ])
 def test_bad_settings_name_the_variable(change: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
