@@ -45,7 +45,7 @@ from bot.tagging.models import TaggingMessage
 from bot.tagging.service import INACTIVITY_EVERY, MessageError, MessageRecord, archive_record, current_rules, kf_record
 from bot.wecom.client import WeComError, WeComNotFound
 from jobs.executors import _policy, _resolve_tag_ids
-from jobs.wecom_calls import LEASE, MAX_ATTEMPTS, RETRY_BASE_SECONDS, GiveUp, Outcome, executor
+from jobs.wecom_calls import MAX_ATTEMPTS, RETRY_BASE_SECONDS, GiveUp, Outcome, executor, lease
 
 log = logging.getLogger("sopbot.jobs.tagging")
 
@@ -196,7 +196,7 @@ def run_inline(services: Services, ids: list[int]) -> dict[str, int]:
         rows = sorted(session.execute(
             update(table).where(table.c.id.in_(ids), table.c.status.in_(("pending", "retry")))
             .where((table.c.not_before.is_(None)) | (table.c.not_before <= now))
-            .values(status="running", attempts=table.c.attempts + 1, next_attempt_at=now + LEASE)
+            .values(status="running", attempts=table.c.attempts + 1, next_attempt_at=now + lease(services))
             .returning(table.c.id, table.c.kind, table.c.payload, table.c.attempts)).all())
     if not rows:
         return {"inline_skipped": len(ids)}

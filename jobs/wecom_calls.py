@@ -33,7 +33,7 @@ from jobs.worker import get_services
 
 log = logging.getLogger("sopbot.jobs.outbox")
 
-__all__ = ["run_outbox", "run_outbox_row", "Outcome", "EXECUTORS", "executor", "LEASE", "MAX_ATTEMPTS"]
+__all__ = ["run_outbox", "run_outbox_row", "Outcome", "EXECUTORS", "executor", "LEASE", "MAX_ATTEMPTS", "lease"]
 
 LEASE = timedelta(minutes=5)  # longer than any single call with its in-process retries
 MAX_ATTEMPTS = 6

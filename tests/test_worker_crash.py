@@ -57,6 +57,28 @@ def _open_work(services: Services) -> int:
     return int(inbox + outbox + messages)
 
 
+def _open_rows(services: Services) -> str:
+    """The rows still open, with their jobs' rq state: what a settle timeout reports."""
+    conn = services.redis
+    with services.transaction() as s:
+        inbox = s.execute(select(InboxEvent.id, InboxEvent.status, InboxEvent.attempts, InboxEvent.last_error)
+                          .where(InboxEvent.status != "done")).all()
+        outbox = s.execute(select(Outbox.id, Outbox.kind, Outbox.status, Outbox.attempts, Outbox.next_attempt_at,
+                                  Outbox.last_error).where(Outbox.status.in_(("pending", "retry", "running")))).all()
+        messages = s.execute(select(TaggingMessage.id, TaggingMessage.status).where(
+            TaggingMessage.status.in_(("pending", "retry")))).all()
+
+    def job(job_id: str) -> str:
+        try:
+            return str(Job.fetch(job_id, connection=conn).get_status())
+        except Exception as exc:  # noqa: BLE001 - a diagnostic, never the failure itself
+            return type(exc).__name__
+
+    return (f"now={utcnow().isoformat()} inbox={[(*r, job(f'event-{r[0]}')) for r in inbox]} "
+            f"outbox={[(*r, job(f'outbox-{r[0]}')) for r in outbox]} messages={messages} "
+            f"queues={ {q: get_queue(conn, q).count for q in ('realtime', 'default', 'bulk', 'reminders')} }")
+
+
 def _post_question(api: Any, ext: str, n: int) -> None:
     record = {"msgid": f"crash-{n}", "action": "send", "from": ext, "tolist": ["WangFang"], "roomid": "",
               "msgtime": int(time.time() * 1000), "msgtype": "text", "text": {"content": PRICING}}
@@ -86,7 +108,10 @@ def test_workers_sigkilled_under_load_lose_and_double_nothing(services: Services
                 _post_question(api, ext, i - LAG)
         wait_for(lambda: not killer.is_alive(), time.monotonic() + 180, f"{KILLS} kills")
         kills = killer.stop()
-        wait_for(lambda: _open_work(services) == 0, time.monotonic() + 240, "every row to settle")
+        try:
+            wait_for(lambda: _open_work(services) == 0, time.monotonic() + 240, "every row to settle")
+        except AssertionError as exc:  # say what is stuck, and the jobs' state in Redis
+            raise AssertionError(f"{exc}: {_open_rows(services)}") from None
         assert pool.unexpected_exits() == []  # the only deaths were the ones we injected
     finally:
         killer.stop()
