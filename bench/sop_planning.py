@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.schema import fresh_schema  # noqa: E402
+
 NOW = datetime(2025, 9, 24, 2, 0, tzinfo=UTC)  # Wednesday 10:00 in Shanghai: open, a working day
 PG_URL = os.environ.get("SOPBOT_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/sopbot_sopbench")
 ENV = {"SOPBOT_SECRET_KEY": "bench-secret-key-0123456789", "SOPBOT_ADMIN_TOKEN": "bench-admin-token",
@@ -58,19 +60,11 @@ def _rows(n: int, employees: int, due: int):  # type: ignore[no-untyped-def]
 
 
 def load(url: str, n: int, employees: int, due: int) -> float:
-    from sqlalchemy import text
 
     from bot.db import make_engine
-    from bot.migrate import upgrade
-    from bot.models import Base
 
     t0 = time.perf_counter()
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        Base.metadata.drop_all(conn)
-        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    engine.dispose()
-    upgrade(url)
+    fresh_schema(url)
     engine = make_engine(url)
     if url.startswith("postgresql"):
         raw = engine.raw_connection()

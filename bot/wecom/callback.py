@@ -50,6 +50,7 @@ class _InboxInsert:
     """
 
     def __init__(self, engine: Engine) -> None:
+        self.engine = engine
         dialect = engine.dialect
         table = InboxEvent.__table__
         module: Any = postgresql if dialect.name == "postgresql" else sqlite
@@ -63,11 +64,11 @@ class _InboxInsert:
         # of one server process (gthread, `sopbot dev`) queue on this lock instead, woken the moment it is free.
         self.lock: AbstractContextManager[Any] = threading.Lock() if dialect.name == "sqlite" else nullcontext()
 
-    def __call__(self, engine: Engine, row: dict[str, Any]) -> int | None:
+    def __call__(self, row: dict[str, Any]) -> int | None:
         values = {key: (bind(value) if (bind := self.binds[key]) else value) for key, value in row.items()}
         params: Any = [values[key] for key in self.order] if self.order is not None else values
-        dispose_if_forked(engine)
-        raw = engine.raw_connection()
+        dispose_if_forked(self.engine)
+        raw = self.engine.raw_connection()
         try:
             with self.lock:
                 cursor = raw.cursor()
@@ -153,7 +154,7 @@ def receive() -> Response:
            "payload": fields, "received_at": utcnow(), "status": "pending", "attempts": 0}
     insert = _inbox_insert(services.engine)
     try:
-        inbox_id = insert(services.engine, row)
+        inbox_id = insert(row)
     except insert.errors as exc:
         log.error("inbox write failed; answering 503 so WeCom retries: %s", type(exc).__name__)
         CALLBACKS.labels(result="db_error").inc()
