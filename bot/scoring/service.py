@@ -184,10 +184,7 @@ def to_score_events(session: Session, event: DomainEvent) -> list[ScoreEvent]:
 
 
 def ledger_of(session: Session, customer_id: int) -> list[LedgerEntry]:
-    rows = session.scalars(select(ScoreLedgerEntry).where(ScoreLedgerEntry.customer_id == customer_id)
-                           .order_by(ScoreLedgerEntry.at, ScoreLedgerEntry.id))
-    return [LedgerEntry(str(r.customer_id), r.rule_id, r.event_id, r.points, r.dimension, r.at)  # type: ignore[arg-type]
-            for r in rows]
+    return ledgers_of(session, [customer_id])[customer_id]
 
 
 _LEDGER_COLUMNS = (ScoreLedgerEntry.customer_id, ScoreLedgerEntry.rule_id, ScoreLedgerEntry.event_id,
