@@ -53,13 +53,7 @@ def _(action: ScoreBatch, ctx: ApplyContext) -> None:
         _score(item, ctx, ledgers[item.customer_id], item.customer_id in absent)
 
 
-@executes
-def _(action: ScoreDomainEvents, ctx: ApplyContext) -> None:
-    _score(action, ctx)
-
-
-def _score(action: ScoreDomainEvents, ctx: ApplyContext, ledger: list[LedgerEntry] | None = None,
-           state_absent: bool = False) -> None:
+def _score(action: ScoreDomainEvents, ctx: ApplyContext, ledger: list[LedgerEntry], state_absent: bool) -> None:
     customer = ctx.session.get(Customer, action.customer_id)
     if customer is None:
         return
