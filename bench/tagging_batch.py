@@ -1,10 +1,11 @@
 """Worker CPU and SQL statements per message of the archive batch job, in-process (no web, no rq, no WeCom HTTP).
 
     .venv/bin/python bench/tagging_batch.py [--messages 500] [--batch 10] [--database-url postgresql://…]
-                                            [--statements] [--profile FILE]
+                                            [--text 好的，谢谢] [--statements] [--profile FILE]
 
 The same workload as bench/tagging_e2e.py (one customer per message, each following WangFang, text "请问价格多少？",
-so the file rule intent_pricing fires once per message): the batches are stored through ``ingest_archive``, then
+so the file rule intent_pricing fires once per message; ``--text`` changes what they say, e.g. to a line that fires
+nothing): the batches are stored through ``ingest_archive``, then
 every batch's ``process_messages`` job runs here, one after the other, with a fake WeCom answering mark_tag. CPU is
 ``time.process_time`` (not wall clock: the figure holds on a shared machine); the first batch warms up and is not
 counted. ``--statements`` prints, for one more batch, every statement per message with the code that issued it.
@@ -47,6 +48,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--database-url")
+    parser.add_argument("--text", default="请问价格多少？",
+                        help="what every message says (default fires intent_pricing; '好的，谢谢' fires nothing)")
     parser.add_argument("--statements", action="store_true", help="per-statement breakdown of one batch")
     parser.add_argument("--profile", help="write a cProfile of the measured jobs to this file")
     args = parser.parse_args()
@@ -93,7 +96,7 @@ def main() -> int:
         for start in range(0, len(exts), args.batch):
             records = [{"msgid": f"{prefix}-{i}", "action": "send", "from": exts[i], "tolist": ["WangFang"],
                         "roomid": "", "msgtime": int((base + i / 100) * 1000), "msgtype": "text",
-                        "text": {"content": "请问价格多少？"}}
+                        "text": {"content": args.text}}
                        for i in range(start, min(start + args.batch, len(exts)))]
             jt.ingest_archive(services, jt.parse_archive(records)[0])
         with services.transaction() as s:
