@@ -360,7 +360,12 @@ def main() -> int:
           f"{1000 * cpu['web'] / max(1, n):.2f} ms web, {1000 * cpu['workers'] / max(1, n):.2f} ms workers")
     for e in errors[:5]:
         print("  ", e)
-    return 0 if lost == 0 and doubled == 0 and unasked == 0 and stored == n and not errors else 1
+    clean = lost == 0 and doubled == 0 and unasked == 0 and stored == n and not errors
+    met = clean and tagged == len(first_ask) and pct(latencies, 0.95) <= 2.0 and sent_rate >= 0.98 * 500 \
+        and args.seconds >= 60
+    print(f"target (500 msg/s for 60 s, p95 <= 2 s, nothing lost or doubled): {'met' if met else 'NOT met'} "
+          f"with this workload ({'one new customer per message' if not args.customers else 'conversations'})")
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":
