@@ -58,8 +58,8 @@ from bot.models import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["apply", "ApplyContext", "DomainEvent", "executes", "subscribe", "insert_ignore", "get_or_create_customer",
-           "batch_tag_reads"]
+__all__ = ["apply", "ApplyContext", "DomainEvent", "executes", "subscribe", "insert_ignore", "insert_ignore_stmt",
+           "get_or_create_customer", "batch_tag_reads"]
 
 _CUSTOMER_FIELDS = {"name", "avatar", "type", "gender", "corp_name", "unionid", "profile", "custom_fields"}
 _FOLLOW_FIELDS = {"remark", "description", "add_way", "oper_userid"}
@@ -111,8 +111,7 @@ class ApplyContext:
 
     # Set only while a batch executor runs its own tag actions (``batch_tag_reads``): the follows and tag rows of
     # the batch's customers, read once. None otherwise: every executor then reads what it needs itself.
-    batch_follows: dict[int, list[str]] | None = None
-    batch_tags: dict[int, dict[tuple[str, str], CustomerTag]] | None = None
+    batch_reads: BatchTagReads | None = None
     # Per-apply reads the areas' batch executors share with their own actions (keyed by area).
     memo: dict[str, Any] = field(default_factory=dict)
 
@@ -126,25 +125,34 @@ class ApplyContext:
                 self.customers[customer.external_userid] = customer
 
 
-_INSERT_IGNORE: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+_INSERT_IGNORE: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
+def insert_ignore_stmt(session: Session, table: Table, conflict: list[str], returning: tuple[str, ...] = ()) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING [RETURNING returning]`` for the session's dialect, built once per (dialect,
+    table, conflict columns, returned columns): run it with rows as parameters, one dict or a list (executemany;
+    with RETURNING it answers one row per row inserted, none for a row that was already there)."""
+    key = (session.get_bind().dialect.name, table.name, tuple(conflict), returning)
+    stmt = _INSERT_IGNORE.get(key)
+    if stmt is None:
+        stmt = _dialect_insert(session, table).on_conflict_do_nothing(index_elements=conflict)
+        if returning:
+            stmt = stmt.returning(*(table.c[name] for name in returning))
+        _INSERT_IGNORE[key] = stmt
+    return stmt
 
 
 def insert_ignore(session: Session, table: Table, values: Mapping[str, Any], conflict: list[str]) -> bool:
     """INSERT … ON CONFLICT DO NOTHING on both backends; True when a row was inserted.
 
-    The statement is built once per (dialect, table, conflict columns) and the row passed as parameters:
-    building ``insert(table).values(**row)`` coerces every value into a bind on each call, which cost more
-    CPU than running the statement on the hot paths (a message batch makes several per message)."""
-    dialect = session.get_bind().dialect.name
+    The statement is built once (``insert_ignore_stmt``) and the row passed as parameters: building
+    ``insert(table).values(**row)`` coerces every value into a bind on each call, which cost more CPU than
+    running the statement on the hot paths (a message batch makes several per message)."""
     if any(isinstance(v, ClauseElement) for v in values.values()):  # SQL expressions cannot be parameters
-        mod: Any = postgresql if dialect == "postgresql" else sqlite
-        result = session.execute(mod.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict))
+        result = session.execute(_dialect_insert(session, table).values(**values)
+                                 .on_conflict_do_nothing(index_elements=conflict))
         return bool(getattr(result, "rowcount", 0))
-    key = (dialect, table.name, tuple(conflict))
-    stmt = _INSERT_IGNORE.get(key)
-    if stmt is None:
-        stmt = _INSERT_IGNORE[key] = _dialect_insert(session, table).on_conflict_do_nothing(index_elements=conflict)
-    result = session.execute(stmt, dict(values))
+    result = session.execute(insert_ignore_stmt(session, table, conflict), dict(values))
     return bool(getattr(result, "rowcount", 0))
 
 
@@ -300,32 +308,54 @@ def _(action: EnqueueCall, ctx: ApplyContext) -> None:
                 action.deadline_at, action.not_before)
 
 
+class BatchTagReads:
+    """The follows and tag rows of a batch's customers, read in two queries by the first tag action that needs them
+    (a batch whose messages fire no rule reads nothing)."""
+
+    def __init__(self, session: Session, customer_ids: Iterable[int]) -> None:
+        self.session, self.ids = session, sorted(set(customer_ids))
+        self._follows: dict[int, list[str]] | None = None
+        self._tags: dict[int, dict[tuple[str, str], CustomerTag]] | None = None
+
+    def follows(self) -> dict[int, list[str]]:
+        return self._read()[0]
+
+    def tags(self) -> dict[int, dict[tuple[str, str], CustomerTag]]:
+        return self._read()[1]
+
+    def _read(self) -> tuple[dict[int, list[str]], dict[int, dict[tuple[str, str], CustomerTag]]]:
+        if self._follows is None or self._tags is None:
+            follows: dict[int, list[str]] = {cid: [] for cid in self.ids}
+            tags: dict[int, dict[tuple[str, str], CustomerTag]] = {cid: {} for cid in self.ids}
+            for start in range(0, len(self.ids), 500):
+                chunk = self.ids[start:start + 500]
+                for cid, userid in self.session.execute(select(FollowRelation.customer_id, FollowRelation.userid)
+                                                        .where(FollowRelation.customer_id.in_(chunk),
+                                                               FollowRelation.deleted_at.is_(None))
+                                                        .order_by(FollowRelation.id)):
+                    follows[cid].append(userid)
+                for row in self.session.scalars(select(CustomerTag).where(CustomerTag.customer_id.in_(chunk))):
+                    tags[row.customer_id][(row.group_name, row.name)] = row
+            self._follows, self._tags = follows, tags
+        return self._follows, self._tags
+
+
 @contextmanager
 def batch_tag_reads(ctx: ApplyContext, customer_ids: Iterable[int]) -> Iterator[None]:
     """For the duration of the block, AddTags/RemoveTags on these customers use their follows and tag rows read
-    here in two queries instead of two per action. Only for a block that runs nothing but tag, timeline and
-    rule actions (none of which changes a follow, and tag rows change only through the ORM objects read here):
+    once (``BatchTagReads``, at the first tag action) instead of two queries per action. Only for a block that runs
+    nothing but tag, timeline and rule actions (none of which changes a follow, and tag rows change only through
+    the ORM objects read here, so a read at the first tag action finds what one at the start of the block would):
     subscribers run after it, when the per-action reads are back."""
-    ids = sorted(set(customer_ids))
-    follows: dict[int, list[str]] = {cid: [] for cid in ids}
-    tags: dict[int, dict[tuple[str, str], CustomerTag]] = {cid: {} for cid in ids}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        for cid, userid in ctx.session.execute(select(FollowRelation.customer_id, FollowRelation.userid).where(
-                FollowRelation.customer_id.in_(chunk), FollowRelation.deleted_at.is_(None))
-                .order_by(FollowRelation.id)):
-            follows[cid].append(userid)
-        for row in ctx.session.scalars(select(CustomerTag).where(CustomerTag.customer_id.in_(chunk))):
-            tags[row.customer_id][(row.group_name, row.name)] = row
-    ctx.batch_follows, ctx.batch_tags = follows, tags
+    ctx.batch_reads = BatchTagReads(ctx.session, customer_ids)
     try:
         yield
     finally:
-        ctx.batch_follows = ctx.batch_tags = None
+        ctx.batch_reads = None
 
 
 def _tag_row(ctx: ApplyContext, customer: Customer, tag: TagRef, active_only: bool) -> CustomerTag | None:
-    known = ctx.batch_tags.get(customer.id) if ctx.batch_tags is not None else None
+    known = ctx.batch_reads.tags().get(customer.id) if ctx.batch_reads is not None else None
     if known is not None:
         row = known.get((tag.group, tag.name))
         return None if row is None or (active_only and row.removed_at is not None) else row
@@ -339,8 +369,8 @@ def _tag_row(ctx: ApplyContext, customer: Customer, tag: TagRef, active_only: bo
 def _targets(ctx: ApplyContext, customer: Customer, userid: str | None) -> list[str]:
     if userid:
         return [userid]
-    if ctx.batch_follows is not None and customer.id in ctx.batch_follows:
-        return list(ctx.batch_follows[customer.id])
+    if ctx.batch_reads is not None and customer.id in ctx.batch_reads.follows():
+        return list(ctx.batch_reads.follows()[customer.id])
     return list(ctx.session.scalars(
         select(FollowRelation.userid).where(FollowRelation.customer_id == customer.id,
                                             FollowRelation.deleted_at.is_(None))
@@ -367,8 +397,8 @@ def _(action: AddTags, ctx: ApplyContext) -> None:
         if row is None:
             row = CustomerTag(customer_id=customer.id, group_name=tag.group, name=tag.name)
             ctx.session.add(row)
-            if ctx.batch_tags is not None and customer.id in ctx.batch_tags:
-                ctx.batch_tags[customer.id][(tag.group, tag.name)] = row
+            if ctx.batch_reads is not None and customer.id in ctx.batch_reads.tags():
+                ctx.batch_reads.tags()[customer.id][(tag.group, tag.name)] = row
         row.source, row.reason, row.applied_at = action.source, dict(action.reason), at
         row.removed_at, row.removed_reason = None, None
         row.tag_id = tag_id

@@ -1,6 +1,6 @@
 """Lead scoring in the apply pipeline: every new timeline entry may score, move the stage and route.
 
-The subscriber only groups the events by customer into one `ScoreDomainEvents` action; its executor runs
+The subscriber only groups a round's events by customer into one `ScoreBatch` action; its executor runs
 in the same transaction as the timeline entry (so Customer.score, Customer.stage, the ledger rows, the
 stage log, the assignment and its notification commit with the event that caused them).
 """
@@ -14,7 +14,6 @@ from bot.apply import ApplyContext, DomainEvent, _apply, executes, subscribe
 from bot.models import Customer
 from bot.scoring import outcomes as _outcomes  # noqa: F401 - registers the SOP step report's rollup subscriber
 from bot.scoring import service
-from bot.scoring.model import LedgerEntry
 
 __all__ = ["ScoreBatch", "ScoreDomainEvents"]
 
@@ -30,7 +29,8 @@ class ScoreDomainEvents(Action):
 
 @dataclass(frozen=True)
 class ScoreBatch(Action):
-    """One round of events, per customer: the ledgers and lead states are read once for all of them."""
+    """One round of events, per customer: scored together (``service.apply_domain_events``), the ledgers and lead
+    states read and the ledger rows written once per round for all of them."""
 
     items: tuple[ScoreDomainEvents, ...]
 
@@ -44,19 +44,9 @@ def _on_events(ctx: ApplyContext, events: list[DomainEvent]) -> list[Action]:
 
 @executes
 def _(action: ScoreBatch, ctx: ApplyContext) -> None:
-    # A customer's scoring writes only that customer's ledger and lead state, so reading them all before the
-    # first customer is scored gives each the same rows its own query would.
-    ids = [item.customer_id for item in action.items]
-    ledgers = service.ledgers_of(ctx.session, ids)
-    absent = service.load_lead_states(ctx.session, ids)
-    for item in action.items:
-        _score(item, ctx, ledgers[item.customer_id], item.customer_id in absent)
-
-
-def _score(action: ScoreDomainEvents, ctx: ApplyContext, ledger: list[LedgerEntry], state_absent: bool) -> None:
-    customer = ctx.session.get(Customer, action.customer_id)
-    if customer is None:
-        return
-    for follow_up in service.apply_domain_events(ctx.session, customer, action.events, ctx.now, ledger=ledger,
-                                                 state_absent=state_absent):
+    batch = [(customer, item.events) for item in action.items
+             if (customer := ctx.session.get(Customer, item.customer_id)) is not None]
+    # Every customer's follow-ups (timeline entries, notifications) after all are scored: scoring reads neither the
+    # timeline nor the outbox, and the ORM then flushes the batch's score and stage updates in one go.
+    for follow_up in service.apply_domain_events(ctx.session, batch, ctx.now):
         _apply(follow_up, ctx)

@@ -5,9 +5,9 @@ writes the scoring area's own tables directly and returns core Actions (timeline
 for `bot.apply` to execute, so a score, the stage it moves, the assignment and the notification commit
 together or not at all.
 
-- `apply_domain_events`: map timeline events to scoring events, append ledger rows (caps, repeat
-  limits and idempotency are the engine's), recompute the score, run the StageMachine, persist the
-  armed map, log stage changes and route MQL -> SQL.
+- `apply_domain_events`: for a round's customers together, map timeline events to scoring events, append
+  ledger rows (caps, repeat limits and idempotency are the engine's), recompute the score, run the
+  StageMachine, persist the armed map, log stage changes and route MQL -> SQL.
 - `rescore`: the decay recompute the scheduler runs for due customers (re-arms thresholds).
 - `set_stage`: manual stage changes (promotion, demotion, won/lost, reopen), always logged.
 - `route_lead` / `accept` / `reject` / `recycle` / `escalate_due`: assignments with an accept-by SLA in
@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bot.actions import Action, EnqueueCall, RecordTimeline
-from bot.apply import DomainEvent, insert_ignore
+from bot.apply import DomainEvent, insert_ignore_stmt
 from bot.models import KV, Customer, Employee, FollowRelation, GroupChat
 from bot.scoring import outcomes
 from bot.scoring.ledger import entries_for_event, explain, score_at
@@ -51,7 +51,7 @@ from bot.sop.timing import add_business_minutes
 
 __all__ = [
     "STAGE_CN", "SalesSettings", "ScoringError", "accept", "apply_domain_events", "config", "explain_customer",
-    "ledgers_of", "load_lead_states",
+    "lead_states", "ledgers_of",
     "reject", "recycle", "rescore", "route_lead", "sales_settings", "escalate_due", "set_stage", "to_score_events",
 ]
 
@@ -203,74 +203,116 @@ def ledgers_of(session: Session, customer_ids: Iterable[int]) -> dict[int, list[
     return out
 
 
-def load_lead_states(session: Session, customer_ids: Iterable[int]) -> set[int]:
-    """Load the customers' LeadState rows into the session (``lead_state`` then finds them without a query);
-    returns the ids that have none yet."""
+_NEW_LEAD_STATE = {"armed": {}, "fit": 0.0, "engagement": 0.0, "reached_rank": 0}
+
+
+def _create_lead_states(session: Session, customer_ids: Sequence[int]) -> dict[int, LeadState]:
+    """Insert LeadState rows for customers read to have none (one executemany; ON CONFLICT DO NOTHING keeps a row
+    a concurrent transaction created meanwhile) and load them in one query."""
+    table: Any = LeadState.__table__
+    session.execute(insert_ignore_stmt(session, table, ["customer_id"]),
+                    [{"customer_id": cid, **_NEW_LEAD_STATE} for cid in customer_ids])
+    states = {st.customer_id: st for st in session.scalars(
+        select(LeadState).where(LeadState.customer_id.in_(customer_ids)))}
+    assert len(states) == len(customer_ids)  # noqa: S101 - just inserted or already there
+    return states
+
+
+def lead_states(session: Session, customer_ids: Iterable[int]) -> dict[int, LeadState]:
+    """The customers' LeadState rows, created where missing: one read, plus one insert and one read if any has
+    none. The caller keeps the returned objects (the session's identity map holds unmodified ones only weakly)."""
     ids = sorted(set(customer_ids))
-    if not ids:
-        return set()
-    found = {st.customer_id for st in session.scalars(select(LeadState).where(LeadState.customer_id.in_(ids)))}
-    return set(ids) - found
+    states = {st.customer_id: st for st in session.scalars(select(LeadState).where(LeadState.customer_id.in_(ids)))}
+    absent = [cid for cid in ids if cid not in states]
+    if absent:
+        states.update(_create_lead_states(session, absent))
+    return states
 
 
-def lead_state(session: Session, customer_id: int, absent: bool = False) -> LeadState:
-    """The customer's LeadState, created if missing. ``absent``: the caller just read that there is none (skip
-    the lookup; the insert still tolerates a row a concurrent transaction created meanwhile)."""
-    state = None if absent else session.get(LeadState, customer_id)
-    if state is None:
-        insert_ignore(session, LeadState.__table__,  # type: ignore[arg-type]
-                      {"customer_id": customer_id, "armed": {}, "fit": 0.0, "engagement": 0.0, "reached_rank": 0},
-                      ["customer_id"])
-        state = session.get(LeadState, customer_id)
-        assert state is not None  # noqa: S101 - just inserted or already there
-    return state
+def lead_state(session: Session, customer_id: int) -> LeadState:
+    """The customer's LeadState, created if missing."""
+    state = session.get(LeadState, customer_id)
+    return state if state is not None else _create_lead_states(session, [customer_id])[customer_id]
 
 
-def apply_domain_events(session: Session, customer: Customer, events: Sequence[DomainEvent], now: datetime,
-                        sales: SalesSettings | None = None, *, ledger: Sequence[LedgerEntry] | None = None,
-                        state_absent: bool = False) -> list[Action]:
-    """Score the events, record first touches, move the stage; returns the core actions to apply.
+def apply_domain_events(session: Session, batch: Sequence[tuple[Customer, Sequence[DomainEvent]]], now: datetime,
+                        sales: SalesSettings | None = None) -> list[Action]:
+    """Score each customer's events, record first touches, move stages; returns the core actions to apply, customer
+    by customer in batch order.
 
-    ``ledger``: the customer's ledger as ``ledgers_of`` read it for the whole batch (else read here);
-    ``state_absent``: the batch read found no LeadState row for the customer."""
-    cfg = config()
-    for event in events:
-        if event.kind == "message_sent":
-            _record_touch(session, customer.id, event.at, "message")
-    score_events = [se for e in events for se in to_score_events(session, e)]
+    Set-based for the batch: a customer's scoring reads and writes only its own ledger, lead state and
+    assignments, so one read of all the ledgers, one INSERT per round of ledger rows (``_append_ledger``) and one
+    read (or create) of all the lead states give each customer the rows its own queries would. The rescoring loop
+    then issues no statement in the common case (no stage change into SQL), so the ORM flushes the batch's
+    UPDATEs of customers and lead states together instead of one customer at a time."""
+    cfg, sales = config(), sales or sales_settings()
+    _record_touches(session, [(customer.id, events) for customer, events in batch])
+    score_events = {customer.id: sorted((se for e in events for se in to_score_events(session, e)),
+                                        key=lambda e: e.at) for customer, events in batch}
+    score_events = {cid: events for cid, events in score_events.items() if events}
     if not score_events:
         return []
-    entries = ledger_of(session, customer.id) if ledger is None else list(ledger)
-    prior = list(entries)
-    added = False
-    for se in sorted(score_events, key=lambda e: e.at):
-        for entry in entries_for_event(cfg, se, entries):
-            if insert_ignore(session, ScoreLedgerEntry.__table__,  # type: ignore[arg-type]
-                             {"customer_id": customer.id, "rule_id": entry.rule_id, "event_id": entry.event_id,
-                              "event_kind": se.kind, "points": entry.points, "dimension": entry.dimension,
-                              "at": entry.at, "created_at": now},
-                             ["customer_id", "rule_id", "event_id"]):
-                entries.append(entry)
-                added = True
-                if se.kind == "keyword_rule_fired" and entry.points > 0:
-                    outcomes.mark_inquiry(session, customer.id, entry.at)  # the SOP step report's rollup
+    prior = ledgers_of(session, score_events)
+    entries = {cid: list(ledger) for cid, ledger in prior.items()}
+    added = _append_ledger(session, cfg, score_events, entries, now)
     if not added:
         return []
-    return rescore(session, customer, now, sales, entries=entries, prior=prior, state_absent=state_absent)
+    states = lead_states(session, added)
+    actions: list[Action] = []
+    for customer, _ in batch:
+        if customer.id in added:
+            actions += rescore(session, customer, now, sales, entries=entries[customer.id], prior=prior[customer.id],
+                               state=states[customer.id])
+    return actions
+
+
+_LEDGER_KEY = ("customer_id", "rule_id", "event_id")
+
+
+def _append_ledger(session: Session, cfg: ScoringConfig, score_events: Mapping[int, Sequence[ScoreEvent]],
+                   entries: Mapping[int, list[LedgerEntry]], now: datetime) -> set[int]:
+    """Write the ledger rows the customers' score events earn (each customer's in time order), appending the rows
+    really inserted to ``entries``; returns the customers that gained any.
+
+    Round ``n`` writes the rows of every customer's ``n``-th event in one INSERT … ON CONFLICT DO NOTHING
+    RETURNING (key columns) instead of one statement per row. Rounds go event by event because what an event
+    earns (caps, repeat limits) depends on which of the customer's earlier rows were inserted: a concurrent
+    transaction may have written the same (customer, rule, event) row since our read, and that row, not
+    inserted again, must not count (idempotency). Customers never share a row, so one round serves them all."""
+    table: Any = ScoreLedgerEntry.__table__
+    stmt = insert_ignore_stmt(session, table, list(_LEDGER_KEY), _LEDGER_KEY)
+    added: set[int] = set()
+    for n in range(max(len(events) for events in score_events.values())):
+        earned = [(cid, events[n], entry) for cid, events in score_events.items() if n < len(events)
+                  for entry in entries_for_event(cfg, events[n], entries[cid])]
+        if not earned:
+            continue
+        inserted = {tuple(row) for row in session.execute(stmt, [
+            {"customer_id": cid, "rule_id": entry.rule_id, "event_id": entry.event_id, "event_kind": se.kind,
+             "points": entry.points, "dimension": entry.dimension, "at": entry.at, "created_at": now}
+            for cid, se, entry in earned])}
+        for cid, se, entry in earned:
+            if (cid, entry.rule_id, entry.event_id) in inserted:
+                entries[cid].append(entry)
+                added.add(cid)
+                if se.kind == "keyword_rule_fired" and entry.points > 0:
+                    outcomes.mark_inquiry(session, cid, entry.at)  # the SOP step report's rollup
+    return added
 
 
 def rescore(session: Session, customer: Customer, now: datetime, sales: SalesSettings | None = None, *,
             entries: list[LedgerEntry] | None = None, prior: list[LedgerEntry] | None = None,
-            state_absent: bool = False) -> list[Action]:
+            state: LeadState | None = None) -> list[Action]:
     """Recompute the (decayed) score at `now`, persist it with the armed map, apply threshold crossings.
 
     With `prior` (the ledger before new entries) the move is judged in two steps: the stored score decays to
     the prior score at `now` (which can re-arm a threshold), then the new entries raise it. So a customer who
     cooled off since the last recompute and warms up again crosses the line again, as they should.
+    ``entries`` / ``state``: the customer's ledger and LeadState when the caller has read them (else read here).
     """
     cfg, sales = config(), sales or sales_settings()
     entries = ledger_of(session, customer.id) if entries is None else entries
-    state = lead_state(session, customer.id, absent=state_absent)
+    state = lead_state(session, customer.id) if state is None else state
     score = score_at(cfg, entries, now)
     machine = StageMachine.from_config(cfg)
     steps = [float(customer.score or 0.0)]
@@ -317,7 +359,7 @@ def _change_stage(session: Session, customer: Customer, state: LeadState, change
                 "demotion": change.demotion, "reopen": change.reopen, "by": change.by, "score": customer.score},
         dedupe_key=f"stage:{customer.id}:{change.from_stage.value}:{change.to_stage.value}:{now.isoformat()}")]
     if change.to_stage.terminal:
-        for row in _open_assignments(session, customer.id):
+        for row in _open_assignments(session, [customer.id]):
             row.status, row.closed_at, row.close_reason = "closed", now, f"客户已{STAGE_CN[change.to_stage.value]}"
     if change.creates_assignment:
         actions += route_lead(session, customer, now, sales)
@@ -378,9 +420,9 @@ def set_stage(session: Session, customer: Customer, to: str, reason: str, by: st
 # ------------------------------------------------------------------------------------------- routing
 
 
-def _open_assignments(session: Session, customer_id: int) -> list[LeadAssignment]:
+def _open_assignments(session: Session, customer_ids: Iterable[int]) -> list[LeadAssignment]:
     return list(session.scalars(select(LeadAssignment).where(
-        LeadAssignment.customer_id == customer_id, LeadAssignment.status.in_(ASSIGNMENT_OPEN))))
+        LeadAssignment.customer_id.in_(list(customer_ids)), LeadAssignment.status.in_(ASSIGNMENT_OPEN))))
 
 
 def sales_team(session: Session, sales: SalesSettings, exclude: Iterable[str] = ()) -> list[Salesperson]:
@@ -466,10 +508,16 @@ def _public_url() -> str:
     return (os.environ.get("SOPBOT_PUBLIC_URL") or "http://127.0.0.1:8080").rstrip("/")
 
 
-def _record_touch(session: Session, customer_id: int, at: datetime, kind: str) -> None:
-    for row in _open_assignments(session, customer_id):
-        if row.first_touch_at is None and at >= row.assigned_at:
-            row.first_touch_at, row.first_touch_kind = at, kind
+def _record_touches(session: Session, batch: Sequence[tuple[int, Sequence[DomainEvent]]]) -> None:
+    """An employee's message is the first touch of each open assignment it follows: the first such message in
+    event order sets it. One read of the open assignments of the customers with any message, none without."""
+    sent = {cid: ats for cid, events in batch if (ats := [e.at for e in events if e.kind == "message_sent"])}
+    if not sent:
+        return
+    for row in _open_assignments(session, sent):
+        at = next((at for at in sent[row.customer_id] if at >= row.assigned_at), None)
+        if row.first_touch_at is None and at is not None:
+            row.first_touch_at, row.first_touch_kind = at, "message"
 
 
 def _assignment(session: Session, assignment_id: int) -> LeadAssignment:

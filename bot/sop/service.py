@@ -511,11 +511,16 @@ def handle_events(session: Session, events: Sequence[Any], now: datetime,
             by_customer[event.customer_id].append(event)
     if not by_customer:
         return []
-    states = customer_views(session, by_customer)
     # Every enrollment of the batch's customers in one read (was: one query for the active ones per customer
     # and one per enroll() call). Each customer's list is only touched by its own iteration below, and
     # enroll() appends what it creates, so every check sees what a query at that point would return.
-    enrollments = enrollments_of(session, states)
+    enrollments = enrollments_of(session, by_customer)
+    # Views (customer, tags, follows) only of the customers something below can happen to: an active enrollment
+    # (replies, exits) or an event that may enroll. Without either, the loop does nothing for a customer.
+    states = customer_views(session, [
+        cid for cid, evs in by_customer.items()
+        if any(e.state == "active" for e in enrollments[cid])
+        or any(e.kind in CROWD_EVENTS or _trigger_event(e.kind, e.detail) is not None for e in evs)])
     for customer_id, evs in by_customer.items():
         state = states.get(customer_id)
         if state is None:

@@ -340,34 +340,42 @@ def history_of(rule: KeywordRule | BehaviourRule, hits: Sequence[tuple[datetime,
 
 
 class BatchHistory:
-    """Rule hits and tag removals of a batch's customers, read in two queries; ``FireRule`` keeps it current
-    with the hits it records, and drops a customer from it whenever it removes tags (then reads again)."""
+    """Rule hits and tag removals of a batch's customers, read in two queries when the first rule fires (a batch in
+    which none fires reads nothing; until then the batch writes neither hits nor tag removals, so that read finds
+    what one at the start would); ``FireRule`` keeps it current with the hits it records, and drops a customer from
+    it whenever it removes tags (then reads again)."""
 
     def __init__(self, session: Session, customer_ids: Iterable[int]) -> None:
+        self.session = session
         self.customers = set(customer_ids)
-        self.hits: dict[tuple[str, int], list[tuple[datetime, bool]]] = {}
+        self.hits: dict[tuple[str, int], list[tuple[datetime, bool]]] | None = None
         self.removals: dict[int, list[Row[Any]]] = {}
-        ids = sorted(self.customers)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            for rule_id, cid, at, applied in session.execute(select(
-                    RuleHit.rule_id, RuleHit.customer_id, RuleHit.at, RuleHit.applied).where(
-                    RuleHit.customer_id.in_(chunk))):
-                self.hits.setdefault((rule_id, cid), []).append((at, applied))
-            for row in session.execute(select(TimelineEntry.customer_id, TimelineEntry.at, TimelineEntry.source,
-                                              TimelineEntry.detail).where(TimelineEntry.customer_id.in_(chunk),
-                                                                          TimelineEntry.kind == "tag_removed")):
-                self.removals.setdefault(row.customer_id, []).append(row)
+
+    def _read(self) -> dict[tuple[str, int], list[tuple[datetime, bool]]]:
+        if self.hits is None:
+            self.hits = {}
+            ids = sorted(self.customers)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                for rule_id, cid, at, applied in self.session.execute(select(
+                        RuleHit.rule_id, RuleHit.customer_id, RuleHit.at, RuleHit.applied).where(
+                        RuleHit.customer_id.in_(chunk))):
+                    self.hits.setdefault((rule_id, cid), []).append((at, applied))
+                for row in self.session.execute(select(
+                        TimelineEntry.customer_id, TimelineEntry.at, TimelineEntry.source, TimelineEntry.detail)
+                        .where(TimelineEntry.customer_id.in_(chunk), TimelineEntry.kind == "tag_removed")):
+                    self.removals.setdefault(row.customer_id, []).append(row)
+        return self.hits
 
     def history(self, rule: KeywordRule | BehaviourRule, customer_id: int) -> RuleHistory | None:
         """None when the customer is not (or no longer) covered: read with ``rule_history``."""
         if customer_id not in self.customers:
             return None
-        return history_of(rule, self.hits.get((rule.id, customer_id), []), self.removals.get(customer_id, []))
+        return history_of(rule, self._read().get((rule.id, customer_id), []), self.removals.get(customer_id, []))
 
     def recorded(self, rule_id: str, customer_id: int, at: datetime, applied: bool) -> None:
         if customer_id in self.customers:
-            self.hits.setdefault((rule_id, customer_id), []).append((at, applied))
+            self._read().setdefault((rule_id, customer_id), []).append((at, applied))
 
     def forget(self, customer_id: int) -> None:
         self.customers.discard(customer_id)
