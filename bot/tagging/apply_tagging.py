@@ -29,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from bot.actions import Action, AddTags, EnqueueCall, RecordTimeline, RemoveTags, TagRef
 from bot.apply import ApplyContext, DomainEvent, _apply, batch_tag_reads, executes, insert_ignore, subscribe
 from bot.models import KV, TimelineEntry
+from bot.scoring import outcomes
 from bot.tagging.behaviour import evaluate_event
 from bot.tagging.decide import decide
 from bot.tagging.model import BehaviourEvent, EventKind, KeywordRule
@@ -186,6 +187,12 @@ def _(action: ProcessMessages, ctx: ApplyContext) -> None:
     # Follows and tag rows of the batch's customers, read once for the tag actions the loop applies.
     exts = {r.external_userid for r in records}
     ids = [c.id for e, c in ctx.customers.items() if e in exts]
+    # Lock the batch's customers now, all in one statement in id order (PostgreSQL; SQLite's write lock serialises
+    # anyway). Two workers' batches often share customers (one conversation spans batches); taken later, piecemeal
+    # (a tag row's unique key here, the step rollup's customer lock there), the locks crossed and PostgreSQL broke
+    # the deadlocks by failing one job (61 in a 60 s run of bench/tagging_e2e.py at 500 msg/s). The rollup's own
+    # lock (bot.scoring.outcomes) then finds them held.
+    outcomes.prepare(ctx.session, ids)
     # Follows and tag rows (bot.apply) and rule history of the batch's customers, read once for the loop's actions.
     ctx.memo[_HISTORY] = BatchHistory(ctx.session, ids)
     try:
