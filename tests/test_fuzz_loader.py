@@ -174,6 +174,16 @@ def test_rule_documents_load_or_raise_rule_error_with_a_field_path() -> None:
     assert outcomes["refused"], outcomes
 
 
+@pytest.mark.parametrize("key", ["\n", "", "a\tb"])
+def test_a_rule_document_key_that_is_empty_or_has_control_characters_is_quoted_in_its_error(key: str) -> None:
+    """Found by the fuzz test above in CI: a top-level key "\n" broke the error into two lines."""
+    with pytest.raises(RuleError) as caught:
+        parse_rule_document({key: 1}, "<fuzz>")
+    _assert_rule_errors(caught.value, "<fuzz>")
+    assert caught.value.errors == [f"<fuzz>: {key!r}: unknown top-level key (expected one of "
+                                   "['behaviour_rules', 'keyword_rules', 'version'])"]
+
+
 def test_rule_files_load_or_raise_rule_error_with_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     lines = {"with_line": 0}

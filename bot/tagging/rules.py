@@ -203,7 +203,9 @@ class _Ctx:
         line = _line_of(container, key)
         where = f"{self.source}:{line}" if line is not None else self.source
         who = f"rule {rule_id!r}: " if rule_id else ""
-        self.errors.append(f"{where}: {who}{path}: {message}")
+        # A path built from a document's own key (an empty one, one with a newline) is quoted: one error, one line.
+        shown = path if path and path.isprintable() else repr(path)
+        self.errors.append(f"{where}: {who}{shown}: {message}")
 
 
 def parse_duration(value: object) -> timedelta:
