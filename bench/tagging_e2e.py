@@ -149,12 +149,17 @@ def sender(port: int, batches: list[list[dict[str, Any]]], start: float, interva
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
 
+def archive_record(msgid: str, ext: str, content: str, at: float) -> dict[str, Any]:
+    """A customer's text message to WangFang in WeCom's decrypted archive shape."""
+    return {"msgid": msgid, "action": "send", "from": ext, "tolist": ["WangFang"], "roomid": "",
+            "msgtime": int(at * 1000), "msgtype": "text", "text": {"content": content}}
+
+
 def warm_up(port: int, customers: list[str], batch: int, clock: MarkTagClock, timeout: float = 120.0) -> None:
     """Before the measured run: pricing messages from customers of their own, until every one is tagged, so each
     web and worker process has loaded its code, rules and connections (a deployment pays that once, not per
     message). Their mark_tag calls are then forgotten."""
-    batches = [[{"msgid": f"warm-{i}", "action": "send", "from": ext, "tolist": ["WangFang"], "roomid": "",
-                 "msgtime": int(time.time() * 1000), "msgtype": "text", "text": {"content": PRICING}}
+    batches = [[archive_record(f"warm-{i}", ext, PRICING, time.time())
                 for i, ext in enumerate(customers[s:s + batch], start=s)] for s in range(0, len(customers), batch)]
     errors: list[str] = []
     sender(port, batches, time.time(), 0.05, 0, 1, {}, errors)
@@ -193,8 +198,8 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def backlog_counts(url: str) -> dict[str, int]:
-    """Messages not yet processed and mark_tag rows not yet done: work still queued, distinct from lost."""
+def _counts(url: str, *queries: str) -> list[int]:
+    """count(*) queries against the run's database, on one short-lived engine."""
     from sqlalchemy import text
 
     from bot.db import make_engine
@@ -202,11 +207,16 @@ def backlog_counts(url: str) -> dict[str, int]:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            pending = conn.execute(text("SELECT count(*) FROM tagging_messages WHERE status = 'pending'")).scalar()
-            marks = conn.execute(text("SELECT count(*) FROM outbox WHERE kind = 'mark_tag' AND status <> 'done'"))
-            return {"messages_pending": int(pending or 0), "mark_tag_not_done": int(marks.scalar() or 0)}
+            return [int(conn.execute(text(q)).scalar() or 0) for q in queries]
     finally:
         engine.dispose()
+
+
+def backlog_counts(url: str) -> dict[str, int]:
+    """Messages not yet processed and mark_tag rows not yet done: work still queued, distinct from lost."""
+    pending, marks = _counts(url, "SELECT count(*) FROM tagging_messages WHERE status = 'pending'",
+                             "SELECT count(*) FROM outbox WHERE kind = 'mark_tag' AND status <> 'done'")
+    return {"messages_pending": pending, "mark_tag_not_done": marks}
 
 
 def conversations(n: int, customers: int, rate: float) -> list[int]:
@@ -221,17 +231,7 @@ def conversations(n: int, customers: int, rate: float) -> list[int]:
 
 def stored_messages(url: str) -> int:
     """Messages in the database after the run (each msgid is stored once: a shortfall is a loss)."""
-    from sqlalchemy import text
-
-    from bot.db import make_engine
-
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            stored = conn.execute(text("SELECT count(*) FROM tagging_messages WHERE msgid LIKE 'bench-%'"))
-            return int(stored.scalar() or 0)
-    finally:
-        engine.dispose()
+    return _counts(url, "SELECT count(*) FROM tagging_messages WHERE msgid LIKE 'bench-%'")[0]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -277,11 +277,8 @@ def main() -> int:
     env["WECOM_API_BASE"] = os.environ["WECOM_API_BASE"]
     base = time.time()
     asks = random.Random(2026)  # noqa: S311 - a reproducible workload, not security
-    records: list[dict[str, Any]] = [
-        {"msgid": f"bench-{i}", "action": "send", "from": exts[who[i]], "tolist": ["WangFang"], "roomid": "",
-         "msgtime": int((base + i / args.rate) * 1000), "msgtype": "text",
-         "text": {"content": PRICING if asks.random() < args.fire_share else CHAT}}
-        for i in range(n)]
+    records = [archive_record(f"bench-{i}", exts[who[i]], PRICING if asks.random() < args.fire_share else CHAT,
+                              base + i / args.rate) for i in range(n)]
     batches = [records[s:s + args.batch] for s in range(0, n, args.batch)]
     first_ask: dict[str, int] = {}  # customer -> the batch of their first pricing message
     for k, batch in enumerate(batches):
