@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import ResponseError
 from rq.job import Job, JobStatus
 
-from bot.queues import EVENT_FUNC, EVENT_JOB_TIMEOUT, FAILURE_TTL, RESULT_TTL, enqueue_event, get_queue
+from bot.queues import EVENT_FUNC, EVENT_JOB_TIMEOUT, FAILURE_TTL, RESULT_TTL, _NewEventJobs, enqueue_event, get_queue
 from bot.services import Services
 from tests.conftest import run_worker
 
@@ -66,3 +71,51 @@ def test_an_rq_worker_runs_the_callbacks_job(services: Services) -> None:
     assert run_worker(services) >= 1
     assert get_queue(conn, "default").count == 0
     assert Job.fetch("event-10", connection=conn).get_status() == JobStatus.FINISHED
+
+
+def test_the_callbacks_enqueue_reloads_its_script_after_redis_forgot_it(services: Services) -> None:
+    conn = services.redis
+    assert enqueue_event(conn, 12) is True
+    conn.script_flush()  # as after a Redis restart: EVALSHA answers NOSCRIPT
+    assert enqueue_event(conn, 13) is True
+    assert get_queue(conn, "default").job_ids == ["event-12", "event-13"]
+
+
+def test_the_callbacks_enqueue_keeps_its_connection_in_step_after_errors(services: Services) -> None:
+    conn = services.redis
+    queue = get_queue(conn, "default")
+    conn.set(queue.key, "not a list")  # the script's RPUSH fails: an error reply, read whole
+    with pytest.raises(ResponseError):
+        enqueue_event(conn, 14)
+    conn.delete(queue.key, "rq:job:event-14")
+    assert enqueue_event(conn, 15) is True  # the same pooled connection answers its own command
+
+    pool = conn.connection_pool
+    other = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class,
+                                                            **pool.connection_kwargs))
+    assert other.client_kill_filter(_type="normal", skipme=True) >= 1  # the pooled connection the enqueue uses
+    other.close()
+    assert [enqueue_event(conn, 16), enqueue_event(conn, 16), enqueue_event(conn, 17)] == [True, False, True]
+    assert queue.job_ids == ["event-15", "event-16", "event-17"]
+
+
+class Interrupted(BaseException):
+    """What a worker timeout or a signal raises between sending a command and reading its reply."""
+
+
+def test_an_enqueue_interrupted_before_its_reply_does_not_leave_the_reply_to_the_next_one(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = services.redis
+
+    def send_only(self: _NewEventJobs, connection: Any, job_key: str, args: list[Any]) -> Any:
+        connection.send_command("EVALSHA", self.script.sha, 2, job_key, self.queue_key, *args)
+        raise Interrupted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_NewEventJobs, "_run", send_only)
+        with pytest.raises(Interrupted):
+            enqueue_event(conn, 18)
+    assert conn.exists("rq:job:event-18")  # Redis ran it; its reply "1" was never read
+    assert enqueue_event(conn, 18) is False  # this call's own reply, not the stale one
+    assert enqueue_event(conn, 19) is True
+    assert get_queue(conn, "default").job_ids == ["event-18", "event-19"]
