@@ -9,7 +9,6 @@ enqueues the row later. A database failure answers 503 so WeCom retries the deli
 from __future__ import annotations
 
 import logging
-import threading
 from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
 from typing import Any
@@ -21,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot import get_services
-from bot.db import dispose_if_forked, utcnow
+from bot.db import SqliteWriterLock, dispose_if_forked, utcnow
 from bot.events import EventParseError, dedupe_key, event_key_of, parse_xml
 from bot.models import InboxEvent
 from bot.observability import CALLBACKS
@@ -60,9 +59,10 @@ class _InboxInsert:
         self.order: list[str] | None = list(compiled.positiontup) if compiled.positiontup else None
         self.binds = {key: table.c[key].type.dialect_impl(dialect).bind_processor(dialect) for key in _ROW_KEYS}
         self.errors: tuple[type[BaseException], ...] = (SQLAlchemyError, dialect.loaded_dbapi.Error)
-        # SQLite has one writer at a time and a waiting connection sleeps 1, 2, 5, 10 … ms between tries; threads
-        # of one server process (gthread, `sopbot dev`) queue on this lock instead, woken the moment it is free.
-        self.lock: AbstractContextManager[Any] = threading.Lock() if dialect.name == "sqlite" else nullcontext()
+        # SQLite has one writer at a time and a waiting connection sleeps 1, 2, 5, 10 … ms between tries; the web
+        # server's processes and threads queue on this lock instead, woken the moment it is free.
+        self.lock: AbstractContextManager[Any] = (
+            SqliteWriterLock(engine.url.database) if dialect.name == "sqlite" else nullcontext())
 
     def __call__(self, row: dict[str, Any]) -> int | None:
         values = {key: (bind(value) if (bind := self.binds[key]) else value) for key, value in row.items()}
