@@ -1,8 +1,9 @@
 """Event: the normalised form of any inbound WeCom callback.
 
 The decrypted XML is parsed with expat hardened as defusedxml hardens it (DTDs and entities
-refused: no XML bomb, no XXE) into a flat dict of element texts; repeated `<Item>` children become lists. Every
-element is optional text, because WeCom adds fields over time (PROTOCOL.md §2.0).
+refused: no XML bomb, no XXE) into a flat dict of element texts; repeated `<Item>` children
+become lists. Every element is optional text, because WeCom adds fields over time
+(PROTOCOL.md §2.0).
 
 wechatpy 2.0.0a26 models some of these events, but not change_contact, msgaudit_notify or
 the newer chat fields, so routing does not depend on its message classes; if they are ever
