@@ -543,6 +543,7 @@ def handle_events(session: Session, events: Sequence[Any], now: datetime,
                 actions += exit_enrollment(session, enrollment, verdict.reason, now)
         if state.customer.lost_at is not None:
             continue
+        known = len(mine)  # enroll() appends what it creates
         for sop in sorted(sops.values(), key=lambda s: s.id):
             if sop.crowd.is_trigger:
                 for event in evs:
@@ -554,6 +555,19 @@ def handle_events(session: Session, events: Sequence[Any], now: datetime,
             elif any(e.kind in CROWD_EVENTS for e in evs):
                 actions += enroll(session, sop, state, state.primary_owner(), None, max(e.at for e in evs), plan,
                                   mine)
+        # A reply later in this batch than an enrollment it created counts for it, as it would have had the
+        # events come one at a time (an archive pull or a kf sync holds the add and the first reply together).
+        replies = [e.at for e in evs if is_customer_reply(e.kind, e.detail)]
+        for enrollment in mine[known:] if replies else ():
+            later = [at for at in replies if at > enrollment.started_at]
+            sop = sops.get(enrollment.sop_id)
+            if not later or sop is None or enrollment.state != "active":
+                continue
+            enrollment.last_reply_at = max(later)
+            verdict = check_exit(sop, state.view(enrollment.owner_userid), enrollment.started_at,
+                                 enrollment.last_reply_at, now)
+            if verdict.exit:
+                actions += exit_enrollment(session, enrollment, verdict.reason, now)
     return actions
 
 

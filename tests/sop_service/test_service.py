@@ -118,6 +118,38 @@ def test_reply_event_exits_at_once_and_records_why(services: Services, library: 
     assert enrollments(services, "wmR2")[0].state == "active"
 
 
+def test_a_reply_later_in_the_same_batch_as_the_enrollment_counts_for_it(services: Services,
+                                                                         library: Any) -> None:
+    """A batch (an archive pull, a kf sync) can hold the add and the customer's first reply: the enrollment the
+    add creates sees the reply that follows it, as it would had the two come one at a time; one before it not."""
+    from bot.actions import RecordTimeline, UpsertCustomer, UpsertEmployee, UpsertFollow
+
+    library(sop_doc("e", TWO_STEPS, **EXITS))
+    start = cst(2025, 9, 22, 10, 0)
+
+    def batch(ext: str, reply_at: datetime) -> None:
+        with services.transaction() as s:
+            apply([
+                UpsertEmployee("wangfang", {"name": "王芳"}),
+                UpsertCustomer(ext, {"name": "客户"}),
+                UpsertFollow(ext, "wangfang", added_at=start),
+                RecordTimeline(ext, "customer_added", start, userid="wangfang", detail={"userid": "wangfang"},
+                               dedupe_key=f"test:added:{ext}"),
+                RecordTimeline(ext, "message_received", reply_at, userid="wangfang",
+                               detail={"direction": "customer", "text": "好的谢谢"}, dedupe_key=f"test:reply:{ext}"),
+            ], s, now=start + timedelta(hours=2), context_key=f"test:batch:{ext}")
+
+    batch("wmLate", start + timedelta(hours=1))
+    (enrollment,) = enrollments(services, "wmLate")
+    assert (enrollment.state, enrollment.exit_reason) == ("exited", "replied")
+    assert enrollment.last_reply_at == start + timedelta(hours=1)
+    assert [t.state for t in tasks(services, "wmLate")] == ["skipped"]
+
+    batch("wmEarly", start - timedelta(minutes=5))  # said before the add: not a reply to the nurture
+    (enrollment,) = enrollments(services, "wmEarly")
+    assert (enrollment.state, enrollment.last_reply_at) == ("active", None)
+
+
 @pytest.mark.parametrize("change", ["tag", "stage", "deleted"])
 def test_exit_rechecked_right_before_due(services: Services, library: Any, change: str) -> None:
     """State that changed without passing the subscriber (a direct stage write, a follow end without a
