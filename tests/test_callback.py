@@ -6,11 +6,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from bot.models import InboxEvent
 from bot.queues import get_queue
 from bot.services import Services
+from bot.wecom.callback import _inbox_insert
 from tests import wecom_reference
 from tests.conftest import VECTORS, fixture_xml, post_event, vector_params
 
@@ -91,6 +92,7 @@ def test_database_down_answers_503_so_wecom_retries(client: Any, services: Servi
     from sqlalchemy.exc import OperationalError
 
     driver_error = services.engine.dialect.loaded_dbapi.OperationalError
+    engine = _inbox_insert(services.engine).engine  # on PostgreSQL the insert's own pool
 
     def broken(*_: Any, **__: Any) -> None:
         if layer == "pool":  # no connection to be had
@@ -98,9 +100,9 @@ def test_database_down_answers_503_so_wecom_retries(client: Any, services: Servi
         raise driver_error("database is gone")  # the statement itself fails
 
     if layer == "pool":
-        monkeypatch.setattr(services.engine, "raw_connection", broken)
+        monkeypatch.setattr(engine, "raw_connection", broken)
     else:
-        real = services.engine.raw_connection
+        real = engine.raw_connection
 
         class Failing:
             def __init__(self) -> None:
@@ -110,6 +112,10 @@ def test_database_down_answers_503_so_wecom_retries(client: Any, services: Servi
             def cursor(self) -> Any:
                 cursor = self.conn.cursor()
                 return type("C", (), {"execute": broken, "close": cursor.close})()
+
+            @property
+            def dbapi_connection(self) -> Any:
+                return self.conn.dbapi_connection
 
             def invalidate(self) -> None:
                 self.invalidated = True
@@ -124,7 +130,7 @@ def test_database_down_answers_503_so_wecom_retries(client: Any, services: Servi
             made.append(Failing())
             return made[-1]
 
-        monkeypatch.setattr(services.engine, "raw_connection", failing)
+        monkeypatch.setattr(engine, "raw_connection", failing)
     resp = post_event(client, fixture_xml(ADD))
     assert (resp.status_code, resp.data) == (503, b"temporarily unavailable")
     monkeypatch.undo()
@@ -133,6 +139,27 @@ def test_database_down_answers_503_so_wecom_retries(client: Any, services: Servi
         assert made and made[0].invalidated  # a connection that failed mid-statement is not pooled again
     assert post_event(client, fixture_xml(ADD)).status_code == 200  # WeCom's retry lands once it is back
     assert _inbox_count(services) == 1
+
+
+def test_a_connection_the_database_dropped_is_replaced_without_a_503(client: Any, services: Services) -> None:
+    """PostgreSQL restarted (or an idle connection was cut): the callback's pool has no pre-ping, so the insert
+    notices the dead connection itself and runs once more on a fresh one."""
+    if services.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no server to drop a connection")
+    engine = _inbox_insert(services.engine).engine
+    assert post_event(client, fixture_xml(ADD)).status_code == 200
+    raw = engine.raw_connection()  # the pooled connection the next callback will take
+    cursor = raw.cursor()
+    cursor.execute("SELECT pg_backend_pid()")
+    (pid,) = cursor.fetchone()
+    cursor.close()
+    raw.close()
+    with services.transaction() as s:
+        assert s.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one() is True
+    second = fixture_xml(ADD).replace("<CreateTime>", "<CreateTime>1")
+    resp = post_event(client, second)
+    assert (resp.status_code, resp.data) == (200, b"")
+    assert _inbox_count(services) == 2
 
 
 def test_inbox_row_is_the_row_the_orm_writes(client: Any, services: Services) -> None:
