@@ -76,12 +76,9 @@ class _InboxInsert:
         values = {key: (bind(value) if (bind := self.binds[key]) else value) for key, value in row.items()}
         params: Any = [values[key] for key in self.order] if self.order is not None else values
         dispose_if_forked(self.engine)
-        try:
-            return self._insert(params)
-        except _Dropped:
-            return self._insert(params)  # the server dropped that pooled connection (a restart): once more
+        return self._insert(params, retry_dropped=True)
 
-    def _insert(self, params: Any) -> int | None:
+    def _insert(self, params: Any, *, retry_dropped: bool) -> int | None:
         raw = self.engine.raw_connection()
         try:
             with self.lock:
@@ -93,17 +90,15 @@ class _InboxInsert:
             dropped = isinstance(exc, self.dbapi_error) and self.engine.dialect.is_disconnect(
                 cast(Any, exc), raw.dbapi_connection, None)
             raw.invalidate()  # rare; a fresh connection is cheaper than wondering what state this one is in
-            if dropped:
-                raise _Dropped from exc
-            raise
+            if not (dropped and retry_dropped):
+                raise
+        else:
+            return int(found[0][0]) if found else None
         finally:
             raw.close()
-        return int(found[0][0]) if found else None
-
-
-class _Dropped(Exception):
-    """The database dropped the connection under the statement. Run once more: had the first run committed, the
-    unique key makes the second a no-op, answered as a duplicate, and the sweeper enqueues the row."""
+        # The server dropped that pooled connection (a restart): once more on a fresh one. Had the first run
+        # committed, the unique key makes this one a no-op, answered as a duplicate; the sweeper enqueues the row.
+        return self._insert(params, retry_dropped=False)
 
 
 @lru_cache(maxsize=4)
