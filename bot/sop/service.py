@@ -526,21 +526,7 @@ def handle_events(session: Session, events: Sequence[Any], now: datetime,
         if state is None:
             continue
         mine = enrollments[customer_id]
-        active = [e for e in mine if e.state == "active"]
-        for event in evs:
-            if is_customer_reply(event.kind, event.detail):
-                for enrollment in active:
-                    if event.at > enrollment.started_at and (enrollment.last_reply_at is None
-                                                            or event.at > enrollment.last_reply_at):
-                        enrollment.last_reply_at = event.at
-        for enrollment in active:
-            sop = sops.get(enrollment.sop_id)
-            if sop is None:
-                continue
-            verdict = check_exit(sop, state.view(enrollment.owner_userid), enrollment.started_at,
-                                 enrollment.last_reply_at, now)
-            if verdict.exit:
-                actions += exit_enrollment(session, enrollment, verdict.reason, now)
+        actions += _replies_and_exits(session, sops, state, mine, evs, now)
         if state.customer.lost_at is not None:
             continue
         known = len(mine)  # enroll() appends what it creates
@@ -556,18 +542,33 @@ def handle_events(session: Session, events: Sequence[Any], now: datetime,
                 actions += enroll(session, sop, state, state.primary_owner(), None, max(e.at for e in evs), plan,
                                   mine)
         # A reply later in this batch than an enrollment it created counts for it, as it would have had the
-        # events come one at a time (an archive pull or a kf sync holds the add and the first reply together).
-        replies = [e.at for e in evs if is_customer_reply(e.kind, e.detail)]
-        for enrollment in mine[known:] if replies else ():
-            later = [at for at in replies if at > enrollment.started_at]
-            sop = sops.get(enrollment.sop_id)
-            if not later or sop is None or enrollment.state != "active":
-                continue
+        # events come one at a time (an archive pull or a kf sync holds the add and the first reply together);
+        # enroll() already checked the exits of what it created, so only a reply calls for another check.
+        actions += _replies_and_exits(session, sops, state, mine[known:], evs, now, only_replied=True)
+    return actions
+
+
+def _replies_and_exits(session: Session, sops: Mapping[str, SopDefinition], state: CustomerState,
+                       enrollments: Sequence[EnrollmentLike], events: Sequence[Any], now: datetime, *,
+                       only_replied: bool = False) -> list[Action]:
+    """Record the customer's replies among ``events`` on each active enrollment they came after, then re-check
+    its exits (``only_replied``: only where a reply was recorded)."""
+    replies = [e.at for e in events if is_customer_reply(e.kind, e.detail)]
+    actions: list[Action] = []
+    for enrollment in enrollments:
+        if enrollment.state != "active":
+            continue
+        later = [at for at in replies if at > enrollment.started_at
+                 and (enrollment.last_reply_at is None or at > enrollment.last_reply_at)]
+        if later:
             enrollment.last_reply_at = max(later)
-            verdict = check_exit(sop, state.view(enrollment.owner_userid), enrollment.started_at,
-                                 enrollment.last_reply_at, now)
-            if verdict.exit:
-                actions += exit_enrollment(session, enrollment, verdict.reason, now)
+        sop = sops.get(enrollment.sop_id)
+        if sop is None or (only_replied and not later):
+            continue
+        verdict = check_exit(sop, state.view(enrollment.owner_userid), enrollment.started_at,
+                             enrollment.last_reply_at, now)
+        if verdict.exit:
+            actions += exit_enrollment(session, enrollment, verdict.reason, now)
     return actions
 
 

@@ -184,7 +184,6 @@ def _(action: ProcessMessages, ctx: ApplyContext) -> None:
     ctx.session.execute(update(TaggingMessage).where(TaggingMessage.id.in_([row.id for row in rows]))
                         .values(status="done", processed_at=ctx.now).execution_options(synchronize_session=False))
     ctx.load_customers(r.external_userid for r in records if r.external_userid)  # one read for the batch
-    # Follows and tag rows of the batch's customers, read once for the tag actions the loop applies.
     exts = {r.external_userid for r in records}
     ids = [c.id for e, c in ctx.customers.items() if e in exts]
     # Lock the batch's customers now, all in one statement in id order (PostgreSQL; SQLite's write lock serialises
