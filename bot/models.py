@@ -33,7 +33,7 @@ class InboxEvent(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     corp_id: Mapped[str] = mapped_column(String(64))
     dedupe_key: Mapped[str] = mapped_column(String(64), unique=True)
-    event_key: Mapped[str] = mapped_column(String(128), index=True)
+    event_key: Mapped[str] = mapped_column(String(128))  # not indexed: no query filters or sorts by it
     payload: Mapped[dict[str, Any]] = mapped_column(Json)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # pending -> done | retry -> ... -> failed; unknown events end as `ignored` (recorded, acknowledged).

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-30 22:58:11.390265
+Create Date: 2026-12-01 12:58:08.980852
 """
 from __future__ import annotations
 
@@ -137,7 +137,6 @@ def upgrade() -> None:
     sa.UniqueConstraint('dedupe_key')
     )
     with op.batch_alter_table('inbox_events', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_inbox_events_event_key'), ['event_key'], unique=False)
         batch_op.create_index('ix_inbox_status_next', ['status', 'next_attempt_at'], unique=False)
 
     op.create_table('kv',
@@ -592,7 +591,6 @@ def downgrade() -> None:
     op.drop_table('kv')
     with op.batch_alter_table('inbox_events', schema=None) as batch_op:
         batch_op.drop_index('ix_inbox_status_next')
-        batch_op.drop_index(batch_op.f('ix_inbox_events_event_key'))
 
     op.drop_table('inbox_events')
     with op.batch_alter_table('handovers', schema=None) as batch_op:
