@@ -8,6 +8,8 @@ so even a duplicate that slips through does nothing twice.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import weakref
 import zlib
 from collections.abc import Iterable
@@ -25,7 +27,8 @@ from rq.utils import now, utcformat
 
 log = logging.getLogger(__name__)
 
-__all__ = ["QUEUE_NAMES", "get_queue", "enqueue_event", "enqueue_outbox", "job_is_live", "DeadJobCheck"]
+__all__ = ["QUEUE_NAMES", "get_queue", "enqueue_event", "send_event", "settle_event_jobs", "enqueue_outbox",
+           "job_is_live", "DeadJobCheck"]
 
 # Priority order for workers: welcome messages have a 20 s window; handover batches can wait.
 QUEUE_NAMES = ("realtime", "default", "bulk", "reminders")
@@ -86,7 +89,7 @@ EVENT_FUNC = "jobs.events.process_event"
 
 
 class _NewEventJobs:
-    """`process_event(inbox_id)` jobs for brand-new inbox rows: the callback's hot path, one Redis round trip.
+    """`process_event(inbox_id)` jobs for brand-new inbox rows: the callback's hot path, one Redis command.
 
     rq's own unique enqueue (`Queue.enqueue_call(..., unique=True)`) runs rq's atomic Lua script (save the job
     hash and push its id unless a job with that id exists), but around it spends more CPU than the rest of the
@@ -96,10 +99,16 @@ class _NewEventJobs:
     `tests/test_queues.py` checks that the hash equals the one rq's own enqueue writes and that an rq worker runs
     it. (rq is pinned; that test is what an upgrade must pass.)
 
-    The script runs on a connection taken from the client's pool, without redis-py's per-command layers (its
-    retry loop, operation metrics and response callbacks: about a quarter of this call's CPU in redis-py 8.1).
-    Nothing is retried here: a failed enqueue is the sweeper's (the row is committed already). NOSCRIPT (Redis
-    restarted or flushed since) loads the script and runs it once more.
+    `enqueue` runs the script on a connection taken from the client's pool and waits for the answer, without
+    redis-py's per-command layers (its retry loop, operation metrics and response callbacks: about a quarter of
+    this call's CPU in redis-py 8.1). NOSCRIPT (Redis restarted or flushed since) loads the script and runs it
+    once more. Nothing else is retried: a failed enqueue is the sweeper's (the row is committed already).
+
+    `send` is the callback's way: it writes the command on a connection this process keeps for it and does not
+    wait for the answer, which is read before the process's next `send` (or by `settle`). A gunicorn sync worker
+    otherwise sat idle for the round trip on every delivery; see docs/PERFORMANCE.md. Answers are handled as
+    `enqueue` handles them, one delivery late: NOSCRIPT runs that job once more at once, anything else is logged
+    and left to the sweeper, like a failed `enqueue`.
     """
 
     def __init__(self, conn: redis.Redis) -> None:
@@ -115,28 +124,37 @@ class _NewEventJobs:
         self.queue_key = queue.key
         self.job_prefix = Job.redis_job_namespace_prefix
         conn.sadd(queue.redis_queues_keys, queue.key)
+        # `send`'s own connection, per process (a forked child opens its own), and the inbox id whose answer is
+        # still unread on it.
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._connection: Any = None
+        self._unread: int | None = None
 
-    def enqueue(self, inbox_id: int) -> bool:
-        """False when a job with this id exists already (nothing written)."""
+    def _command(self, inbox_id: int) -> list[Any]:
         fields = dict(self.fields)
         fields["data"] = zlib.compress(self.dumps((EVENT_FUNC, None, (inbox_id,), {})))
         fields["description"] = f"{EVENT_FUNC}({inbox_id!r})"
         fields["created_at"] = fields["enqueued_at"] = utcformat(now())
         job_id = f"event-{inbox_id}"
-        args: list[Any] = [job_id, "R", -1]
+        args: list[Any] = ["EVALSHA", self.script.sha, 2, self.job_prefix + job_id, self.queue_key, job_id, "R", -1]
         for item in fields.items():
             args.extend(item)
-        return bool(self._evalsha(self.job_prefix + job_id, args))
+        return args
 
-    def _evalsha(self, job_key: str, args: list[Any]) -> Any:
+    def enqueue(self, inbox_id: int) -> bool:
+        """False when a job with this id exists already (nothing written)."""
+        return bool(self._evalsha(self._command(inbox_id)))
+
+    def _evalsha(self, command: list[Any]) -> Any:
         pool = self.conn.connection_pool
         connection = pool.get_connection()
         try:
             try:
-                return self._run(connection, job_key, args)
+                return self._run(connection, command)
             except NoScriptError:  # Redis restarted or flushed since the script was loaded
                 self.conn.script_load(self.script.script)
-                return self._run(connection, job_key, args)
+                return self._run(connection, command)
         except ResponseError:
             raise  # the reply was read whole: the connection is still in step
         except BaseException:
@@ -145,12 +163,96 @@ class _NewEventJobs:
         finally:
             pool.release(connection)
 
-    def _run(self, connection: Any, job_key: str, args: list[Any]) -> Any:
-        connection.send_command("EVALSHA", self.script.sha, 2, job_key, self.queue_key, *args)
+    @staticmethod
+    def _run(connection: Any, command: list[Any]) -> Any:
+        connection.send_command(*command)
         return connection.read_response()
+
+    def send(self, inbox_id: int) -> None:
+        """Write this job's command without waiting for the answer. RedisError when it cannot be written."""
+        with self._lock:
+            connection = self._own_connection()
+            self._collect(connection)
+            if connection._sock is not None and self._closed_by_server(connection):
+                connection.disconnect()  # a restart or an idle timeout: a command written there would be lost
+            try:
+                connection.send_command(*self._command(inbox_id))
+            except BaseException:
+                connection.disconnect()
+                raise
+            self._unread = inbox_id
+
+    @staticmethod
+    def _closed_by_server(connection: Any) -> bool:
+        try:
+            return bool(connection.can_read(timeout=0))  # nothing is due on it, so anything readable is EOF
+        except redis.ConnectionError:
+            return True
+
+    def settle(self) -> None:
+        """Read the answer still due on this process's connection, if any (so its job is surely in Redis now)."""
+        with self._lock:
+            self._collect(self._own_connection())
+
+    def _own_connection(self) -> Any:
+        if self._pid != os.getpid():  # first use, or a forked child: the parent's socket and answer are not ours
+            pool = self.conn.connection_pool
+            self._connection = pool.connection_class(**pool.connection_kwargs)
+            self._pid, self._unread = os.getpid(), None
+        return self._connection
+
+    def _collect(self, connection: Any) -> None:
+        inbox_id, self._unread = self._unread, None
+        if inbox_id is None:
+            return
+        try:
+            created = connection.read_response()
+        except NoScriptError:  # Redis restarted or flushed since: that job was not written; now, waiting
+            try:
+                self.conn.script_load(self.script.script)
+                created = self._evalsha(self._command(inbox_id))
+            except redis.RedisError as exc:
+                self._unconfirmed(inbox_id, exc)
+                return
+        except ResponseError as exc:  # read whole: the connection is still in step
+            self._unconfirmed(inbox_id, exc)
+            return
+        except BaseException as exc:
+            connection.disconnect()  # whether the job was written is unknown; the sweeper's (jobs are unique)
+            if not isinstance(exc, (redis.RedisError, OSError)):
+                raise
+            self._unconfirmed(inbox_id, exc)
+            return
+        if not created:
+            log.info("job event-%s exists already; not enqueued twice", inbox_id)
+
+    @staticmethod
+    def _unconfirmed(inbox_id: int, exc: BaseException) -> None:
+        log.warning("enqueue of inbox row %s not confirmed, left for the sweeper: %s", inbox_id,
+                    type(exc).__name__, extra={"inbox_id": inbox_id})
 
 
 _NEW_EVENT_JOBS: weakref.WeakKeyDictionary[redis.Redis, _NewEventJobs] = weakref.WeakKeyDictionary()
+
+
+def _new_event_jobs(conn: redis.Redis) -> _NewEventJobs:
+    jobs = _NEW_EVENT_JOBS.get(conn)
+    if jobs is None:
+        jobs = _NEW_EVENT_JOBS[conn] = _NewEventJobs(conn)
+    return jobs
+
+
+def send_event(conn: redis.Redis, inbox_id: int) -> None:
+    """The callback's enqueue of a just-inserted row: written now, Redis's answer read at this process's next
+    `send_event` (see `_NewEventJobs`). RedisError when it cannot be written: the sweeper's row."""
+    _new_event_jobs(conn).send(inbox_id)
+
+
+def settle_event_jobs(conn: redis.Redis) -> None:
+    """Read the answer `send_event` left due in this process, so that its job is surely in Redis now."""
+    jobs = _NEW_EVENT_JOBS.get(conn)
+    if jobs is not None:
+        jobs.settle()
 
 
 def enqueue_event(conn: redis.Redis, inbox_id: int, *, check_live: bool = False,
@@ -162,10 +264,7 @@ def enqueue_event(conn: redis.Redis, inbox_id: int, *, check_live: bool = False,
     replaced.
     """
     if not check_live:
-        jobs = _NEW_EVENT_JOBS.get(conn)
-        if jobs is None:
-            jobs = _NEW_EVENT_JOBS[conn] = _NewEventJobs(conn)
-        if not jobs.enqueue(inbox_id):
+        if not _new_event_jobs(conn).enqueue(inbox_id):
             log.info("job event-%s exists already; not enqueued twice", inbox_id)
             return False
         return True

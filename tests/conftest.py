@@ -23,7 +23,7 @@ from bot import create_app
 from bot.config import Settings, load_settings
 from bot.db import make_engine
 from bot.models import Base
-from bot.queues import QUEUE_NAMES, get_queue
+from bot.queues import QUEUE_NAMES, get_queue, settle_event_jobs
 from bot.services import Services
 from jobs.worker import set_services
 from tests import wecom_reference
@@ -140,6 +140,7 @@ ADMIN = {"Authorization": "Bearer test-admin-token"}
 def run_worker(services: Services) -> int:
     """Drain every queue with a real rq worker in this process; returns jobs executed."""
     conn: redis.Redis = services.redis
+    settle_event_jobs(conn)  # the callback's last enqueue is surely in Redis before the worker looks
     worker = SimpleWorker([get_queue(conn, q) for q in QUEUE_NAMES], connection=conn)
     executed = 0
     while any(get_queue(conn, q).count for q in QUEUE_NAMES):
@@ -159,7 +160,9 @@ def post_event(client: Any, xml: str, *, timestamp: str = "1735689600", nonce: s
     p = vector_params()
     body, query = wecom_reference.post_body(xml, p["token"], p["encoding_aes_key"], p["corp_id_receive_id"],
                                             timestamp, nonce)
-    return client.post("/wecom/callback", query_string=query, data=body, content_type="text/xml")
+    resp = client.post("/wecom/callback", query_string=query, data=body, content_type="text/xml")
+    settle_event_jobs(client.application.extensions["sopbot"].redis)  # its job is in Redis when this returns
+    return resp
 
 
 __all__ = ["ADMIN", "SimHarness", "run_worker", "fixture_xml", "post_event", "create_app", "env_for_tests", "VECTORS"]
@@ -184,6 +187,7 @@ class SimHarness:
 
     def deliver(self, query: dict[str, str], body: bytes | str) -> int:
         resp = self.client.post("/wecom/callback", query_string=query, data=body, content_type="text/xml")
+        settle_event_jobs(self.client.application.extensions["sopbot"].redis)
         self.responses.append(resp.status_code)
         return int(resp.status_code)
 

@@ -80,7 +80,7 @@ def test_redis_down_still_records_and_answers_200(client: Any, services: Service
     def refuse(*_: Any, **__: Any) -> None:
         raise RedisConnectionError("Connection refused")
 
-    monkeypatch.setattr("bot.wecom.callback.enqueue_event", refuse)
+    monkeypatch.setattr("bot.wecom.callback.send_event", refuse)
     resp = post_event(client, fixture_xml(ADD))
     assert (resp.status_code, resp.data) == (200, b"")
     assert _inbox_count(services) == 1

@@ -71,7 +71,7 @@ def test_redis_outage_is_recovered_by_the_sweeper(client: Any, services: Service
     def refuse(*_: Any, **__: Any) -> None:
         raise RedisConnectionError("down")
 
-    monkeypatch.setattr("bot.wecom.callback.enqueue_event", refuse)
+    monkeypatch.setattr("bot.wecom.callback.send_event", refuse)
     assert post_event(client, fixture_xml(ADD)).status_code == 200
     assert get_queue(services.redis, "default").count == 0
     monkeypatch.undo()

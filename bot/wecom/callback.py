@@ -3,7 +3,8 @@
 The view does nothing else (style rule 1): WeCom waits 5 s and retries three times, so no
 WeCom API call, rule evaluation or rendering happens in the request. The inbox row is
 committed before the 200; if Redis is down the 200 still goes out and the sweeper
-enqueues the row later. A database failure answers 503 so WeCom retries the delivery.
+enqueues the row later. The enqueue does not wait for Redis's answer (`bot.queues.send_event`:
+it is read at the process's next delivery). A database failure answers 503 so WeCom retries.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from bot.db import SqliteWriterLock, dispose_if_forked, utcnow
 from bot.events import EventParseError, dedupe_key, event_key_of, parse_xml
 from bot.models import InboxEvent
 from bot.observability import CALLBACKS
-from bot.queues import enqueue_event
+from bot.queues import send_event
 from bot.wecom.crypto import CryptoError, SignatureError
 
 log = logging.getLogger("sopbot.callback")
@@ -181,7 +182,7 @@ def receive() -> Response:
         CALLBACKS.labels(result="duplicate").inc()
         return Response("", status=200)
     try:
-        enqueue_event(services.redis, inbox_id)
+        send_event(services.redis, inbox_id)  # Redis's answer is read at this process's next delivery
         CALLBACKS.labels(result="accepted").inc()
     except RedisError as exc:
         # Recorded already: the sweeper enqueues it once Redis is back. WeCom must not retry.

@@ -31,6 +31,7 @@ from sqlalchemy import select
 
 from bot.db import utcnow
 from bot.models import Customer, InboxEvent, Outbox
+from bot.queues import settle_event_jobs
 from bot.services import Services
 
 log = logging.getLogger("sopbot.demo")
@@ -103,6 +104,7 @@ class DemoMonth:
     # -- plumbing --------------------------------------------------------------------------------------------
     def _deliver(self, url: str, query: dict[str, str], body: bytes | str) -> None:
         resp = self.app_client.post("/wecom/callback", query_string=query, data=body, content_type="text/xml")
+        settle_event_jobs(self.app_client.application.extensions["sopbot"].redis)  # its job is in Redis now
         if resp.status_code != 200:
             self.result.failures.append(f"callback answered {resp.status_code}")
 
