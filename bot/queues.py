@@ -207,7 +207,7 @@ class _NewEventJobs:
             return
         try:
             created = connection.read_response()
-        except NoScriptError:  # Redis restarted or flushed since: that job was not written; now, waiting
+        except NoScriptError:  # Redis restarted or flushed since: that job was not written; run it again now
             try:
                 self.conn.script_load(self.script.script)
                 created = self._evalsha(self._command(inbox_id))
