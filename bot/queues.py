@@ -144,7 +144,14 @@ class _NewEventJobs:
 
     def enqueue(self, inbox_id: int) -> bool:
         """False when a job with this id exists already (nothing written)."""
-        return bool(self._evalsha(self._command(inbox_id)))
+        created = bool(self._evalsha(self._command(inbox_id)))
+        if not created:
+            self._existed(inbox_id)
+        return created
+
+    @staticmethod
+    def _existed(inbox_id: int) -> None:
+        log.info("job event-%s exists already; not enqueued twice", inbox_id)
 
     def _evalsha(self, command: list[Any]) -> Any:
         pool = self.conn.connection_pool
@@ -209,11 +216,10 @@ class _NewEventJobs:
             created = connection.read_response()
         except NoScriptError:  # Redis restarted or flushed since: that job was not written; run it again now
             try:
-                self.conn.script_load(self.script.script)
-                created = self._evalsha(self._command(inbox_id))
+                self.enqueue(inbox_id)  # loads the script itself
             except redis.RedisError as exc:
                 self._unconfirmed(inbox_id, exc)
-                return
+            return
         except ResponseError as exc:  # read whole: the connection is still in step
             self._unconfirmed(inbox_id, exc)
             return
@@ -224,7 +230,7 @@ class _NewEventJobs:
             self._unconfirmed(inbox_id, exc)
             return
         if not created:
-            log.info("job event-%s exists already; not enqueued twice", inbox_id)
+            self._existed(inbox_id)
 
     @staticmethod
     def _unconfirmed(inbox_id: int, exc: BaseException) -> None:
@@ -264,10 +270,7 @@ def enqueue_event(conn: redis.Redis, inbox_id: int, *, check_live: bool = False,
     replaced.
     """
     if not check_live:
-        if not _new_event_jobs(conn).enqueue(inbox_id):
-            log.info("job event-%s exists already; not enqueued twice", inbox_id)
-            return False
-        return True
+        return _new_event_jobs(conn).enqueue(inbox_id)
     job_id = f"event-{inbox_id}"
     if job_is_live(conn, job_id, dead=dead):
         return False
