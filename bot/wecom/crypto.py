@@ -78,6 +78,7 @@ class WeComCrypto:
         self.key = decode_aes_key(encoding_aes_key)
         self.receive_id = receive_id
         self._prp = PrpCrypto(self.key)
+        self._cipher = WeChatCipher(self.key)  # AES-256-CBC, IV = key[:16]; each decrypt makes its own decryptor
 
     # -- signature -----------------------------------------------------------------------------
     def signature(self, timestamp: str, nonce: str, encrypt: str) -> str:
@@ -102,7 +103,7 @@ class WeComCrypto:
             raise CryptoError("Encrypt is not base64") from exc
         if not ciphertext or len(ciphertext) % 16:
             raise CryptoError("ciphertext length is not a multiple of 16")
-        frame = WeChatCipher(self.key).decrypt(ciphertext)
+        frame = self._cipher.decrypt(ciphertext)
         pad = frame[-1]
         if not 1 <= pad <= _BLOCK or frame[-pad:] != bytes([pad]) * pad:
             raise CryptoError("bad padding")
