@@ -92,53 +92,43 @@ def test_database_down_answers_503_so_wecom_retries(client: Any, services: Servi
     from sqlalchemy.exc import OperationalError
 
     driver_error = services.engine.dialect.loaded_dbapi.OperationalError
-    engine = _inbox_insert(services.engine).engine  # on PostgreSQL the insert's own pool
+    insert = _inbox_insert(services.engine)
+    engine = insert.engine  # on PostgreSQL the insert's own pool
 
     def broken(*_: Any, **__: Any) -> None:
         if layer == "pool":  # no connection to be had
             raise OperationalError("connect", {}, Exception("database is gone"))
         raise driver_error("database is gone")  # the statement itself fails
 
+    made: list[Any] = []
     if layer == "pool":
+        assert insert.connections.free == []  # so the insert asks the pool
         monkeypatch.setattr(engine, "raw_connection", broken)
     else:
-        real = engine.raw_connection
-
-        class Failing:
-            def __init__(self) -> None:
-                self.conn = real()
-                self.invalidated = False
+        class Failing:  # a DBAPI connection whose statements fail
+            closed = False
+            broken = False  # psycopg's flag, read by SQLAlchemy's is_disconnect
 
             def cursor(self) -> Any:
-                cursor = self.conn.cursor()
-                return type("C", (), {"execute": broken, "close": cursor.close})()
-
-            @property
-            def dbapi_connection(self) -> Any:
-                return self.conn.dbapi_connection
-
-            def invalidate(self) -> None:
-                self.invalidated = True
-                self.conn.invalidate()
+                return type("C", (), {"execute": broken, "close": lambda _self: None})()
 
             def close(self) -> None:
-                self.conn.close()
-
-        made: list[Failing] = []
+                self.closed = True
 
         def failing() -> Failing:
             made.append(Failing())
             return made[-1]
 
-        monkeypatch.setattr(engine, "raw_connection", failing)
+        monkeypatch.setattr(insert.connections, "take", failing)
         if layer == "dropped":  # the error reads as a dropped connection, on the retry too: tried twice, then 503
             monkeypatch.setattr(engine.dialect, "is_disconnect", lambda *_: True)
     resp = post_event(client, fixture_xml(ADD))
     assert (resp.status_code, resp.data) == (503, b"temporarily unavailable")
     monkeypatch.undo()
     assert _inbox_count(services) == 0
-    if layer != "pool":  # a connection that failed mid-statement is not pooled again
-        assert [m.invalidated for m in made] == ([True] if layer == "driver" else [True, True])
+    if layer != "pool":  # a connection that failed mid-statement is closed, not kept
+        assert [m.closed for m in made] == ([True] if layer == "driver" else [True, True])
+        assert not {id(m) for m in made} & {id(c) for c in insert.connections.free}
     assert post_event(client, fixture_xml(ADD)).status_code == 200  # WeCom's retry lands once it is back
     assert _inbox_count(services) == 1
 
@@ -148,20 +138,66 @@ def test_a_connection_the_database_dropped_is_replaced_without_a_503(client: Any
     notices the dead connection itself and runs once more on a fresh one."""
     if services.engine.dialect.name != "postgresql":
         pytest.skip("PostgreSQL only: SQLite has no server to drop a connection")
-    engine = _inbox_insert(services.engine).engine
+    insert = _inbox_insert(services.engine)
     assert post_event(client, fixture_xml(ADD)).status_code == 200
-    raw = engine.raw_connection()  # the pooled connection the next callback will take
-    cursor = raw.cursor()
+    (kept,) = insert.connections.free  # the connection the next callback will take
+    cursor = kept.cursor()
     cursor.execute("SELECT pg_backend_pid()")
     (pid,) = cursor.fetchone()
     cursor.close()
-    raw.close()
     with services.transaction() as s:
         assert s.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one() is True
     second = fixture_xml(ADD).replace("<CreateTime>", "<CreateTime>1")
     resp = post_event(client, second)
     assert (resp.status_code, resp.data) == (200, b"")
     assert _inbox_count(services) == 2
+    assert kept.closed and insert.connections.free and insert.connections.free[0] is not kept
+
+
+def _with_create_time(stamp: str) -> str:
+    return fixture_xml(ADD).replace("<CreateTime>", f"<CreateTime>{stamp}")
+
+
+def test_the_insert_keeps_its_connection_instead_of_a_pool_checkout(client: Any, services: Services) -> None:
+    insert = _inbox_insert(services.engine)
+    for n in range(5):
+        assert post_event(client, _with_create_time(str(n + 1))).status_code == 200
+    assert _inbox_count(services) == 5
+    assert len(insert.connections.free) == 1  # one callback at a time here: one connection, kept
+    assert insert.engine.pool.checkedout() == 0  # detached: the shared pool's slots are all free
+
+
+def test_a_forked_child_inserts_on_its_own_connection_and_leaves_the_parents_open(
+        client: Any, services: Services) -> None:
+    import gc
+    import os
+
+    from bot.db import utcnow
+
+    insert = _inbox_insert(services.engine)
+    assert post_event(client, _with_create_time("1")).status_code == 200
+    (kept,) = insert.connections.free
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one insert, then a full collection (a dropped reference would close the parent's)
+        code = 1
+        try:
+            row = {"corp_id": "ww-fork", "dedupe_key": "fork-child", "event_key": "x", "payload": {},
+                   "received_at": utcnow(), "status": "pending", "attempts": 0}
+            ok = insert(row) is not None and insert.connections.free[0] is not kept
+            ok = ok and insert.connections.inherited == [kept]
+            gc.collect()
+            code = 0 if ok else 2
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(code)
+    os.close(write)
+    assert os.read(read, 1) == b"\x00"
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert post_event(client, _with_create_time("2")).status_code == 200
+    assert insert.connections.free == [kept]  # still the parent's, still open (PostgreSQL: its session alive)
+    assert _inbox_count(services) == 3
 
 
 def test_inbox_row_is_the_row_the_orm_writes(client: Any, services: Services) -> None:
