@@ -18,7 +18,6 @@ is met. BENCH_WORKER_CLASS / BENCH_THREADS pick gunicorn's worker model for both
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import socket
@@ -196,16 +195,16 @@ def main() -> int:
             return full_reqs[used:] if count is None else full_reqs[used:used + count]
 
         # warm-up (imports, connection pools), then the measured runs
-        asyncio.run(run("127.0.0.1", full_port, fresh(200), connections=4, duration=1.0))
+        run("127.0.0.1", full_port, fresh(200), connections=4, duration=1.0)
         used += 200
-        asyncio.run(run("127.0.0.1", bare_port, bare_reqs, connections=4, duration=1.0))
+        run("127.0.0.1", bare_port, bare_reqs, connections=4, duration=1.0)
         for _ in range(args.rounds):
             cpu: dict[str, float] = {}
 
             def measured(name: str, port: int, reqs: list[bytes], cpu: dict[str, float] = cpu,
                          **kw: Any) -> Result:
                 started = time.process_time()
-                result = asyncio.run(run("127.0.0.1", port, reqs, duration=args.seconds, **kw))
+                result = run("127.0.0.1", port, reqs, duration=args.seconds, **kw)
                 cpu[name] = (time.process_time() - started) / max(result.sent, 1) * 1000
                 return result
 
