@@ -167,6 +167,30 @@ def test_the_insert_keeps_its_connection_instead_of_a_pool_checkout(client: Any,
     assert insert.engine.pool.checkedout() == 0  # detached: the shared pool's slots are all free
 
 
+def test_threads_inserting_at_once_lose_nothing_and_keep_few_connections(services: Services) -> None:
+    import threading
+
+    from bot.db import utcnow
+
+    insert = _inbox_insert(services.engine)
+    ids: list[int | None] = []
+
+    def record(thread: int) -> None:
+        for n in range(25):
+            ids.append(insert({"corp_id": "ww-t", "dedupe_key": f"t{thread}-{n}", "event_key": "x", "payload": {},
+                               "received_at": utcnow(), "status": "pending", "attempts": 0}))
+
+    threads = [threading.Thread(target=record, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert None not in ids and len(set(ids)) == 100 == _inbox_count(services)
+    kept = len(insert.connections.free)
+    # SQLite's inserts queue on the writer lock and share one connection; PostgreSQL's run side by side
+    assert kept == 1 if services.engine.dialect.name == "sqlite" else 1 <= kept <= 4
+
+
 def test_a_forked_child_inserts_on_its_own_connection_and_leaves_the_parents_open(
         client: Any, services: Services) -> None:
     import gc

@@ -81,22 +81,22 @@ class _InboxInsert:
         return self._insert(params, retry_dropped=True)
 
     def _insert(self, params: Any, *, retry_dropped: bool) -> int | None:
-        dbapi = self.connections.take()
-        try:
-            with self.lock:
+        with self.lock:  # on SQLite one insert at a time per database, so one kept connection serves the process
+            dbapi = self.connections.take()
+            try:
                 cursor = dbapi.cursor()
                 cursor.execute(self.sql, params)
                 found = cursor.fetchall()  # to the end: an autocommit statement commits when it completes
                 cursor.close()
-        except BaseException as exc:
-            dropped = isinstance(exc, self.dbapi_error) and self.engine.dialect.is_disconnect(
-                cast(Any, exc), dbapi, None)
-            self.connections.discard(dbapi)  # rare; a fresh connection is cheaper than wondering what state it is in
-            if not (dropped and retry_dropped):
-                raise
-        else:
-            self.connections.give(dbapi)
-            return int(found[0][0]) if found else None
+            except BaseException as exc:
+                dropped = isinstance(exc, self.dbapi_error) and self.engine.dialect.is_disconnect(
+                    cast(Any, exc), dbapi, None)
+                self.connections.discard(dbapi)  # rare; a fresh connection is cheaper than wondering about this one
+                if not (dropped and retry_dropped):
+                    raise
+            else:
+                self.connections.give(dbapi)
+                return int(found[0][0]) if found else None
         # The server dropped that connection (a restart): once more on a fresh one. Had the first run committed,
         # the unique key makes this one a no-op, answered as a duplicate; the sweeper enqueues the row.
         return self._insert(params, retry_dropped=False)
@@ -106,10 +106,11 @@ class _KeptConnections:
     """The DBAPI connections the insert keeps, per process, instead of a pool checkout and check-in per callback.
 
     Each is made by the engine's pool (so its connect hooks ran: SQLite's WAL and busy timeout) and then detached
-    from it; as many are kept as inserts ever ran at once in the process (one per web server thread at most, one
-    in a gunicorn sync worker). One that failed is closed, not kept. A forked child makes its own and keeps the
-    parent's referenced, never closed (closing a PostgreSQL connection there would end the parent's session).
-    The checkout and check-in (with its rollback) were about 7 % of a callback's CPU.
+    from it; as many are kept as inserts ever ran at once in the process: one on SQLite (its inserts take the
+    writer lock first), on PostgreSQL at most one per web server thread. One that failed is closed, not kept. A
+    forked child makes its own and keeps the parent's referenced, never closed (closing a PostgreSQL connection
+    there would end the parent's session). The checkout and check-in (with its rollback) were about 7 % of a
+    callback's CPU.
     """
 
     def __init__(self, engine: Engine) -> None:
