@@ -78,6 +78,8 @@ class Settings:
     dashboard_admins: frozenset[str] = frozenset()  # SOPBOT_DASHBOARD_ADMINS: WeCom OAuth login to /dashboard
     # WECOM_RATE_LIMIT: calls per minute per API path for this corp, shared by every process (PROTOCOL.md §4.2).
     wecom_rate_limit: int = 1000
+    # SOPBOT_INBOX_RETENTION_DAYS: done and ignored inbox rows older than this are deleted (0: kept for ever).
+    inbox_retention_days: int = 30
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -171,6 +173,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
     if not attempts_raw.isdigit() or int(attempts_raw) < 1:
         raise ConfigError(f"SOPBOT_INBOX_MAX_ATTEMPTS must be a positive integer, got {attempts_raw!r}")
 
+    retention_raw = (get("SOPBOT_INBOX_RETENTION_DAYS", "30") or "30").strip()
+    if not retention_raw.isdigit():
+        raise ConfigError(f"SOPBOT_INBOX_RETENTION_DAYS must be a whole number of days (0 keeps processed inbox "
+                          f"rows for ever), got {retention_raw!r}")
+
     log_format = get("SOPBOT_LOG_FORMAT")
     if log_format is not None and log_format.lower() not in ("json", "text"):
         raise ConfigError(f"SOPBOT_LOG_FORMAT must be json or text, got {log_format!r}")
@@ -193,6 +200,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         agent_secret=agent_secret,
         api_base=api_base,
         wecom_rate_limit=int(rate_raw),
+        inbox_retention_days=int(retention_raw),
         log_format=log_format.lower() if log_format else None,
         dashboard_admins=frozenset(u.strip() for u in (get("SOPBOT_DASHBOARD_ADMINS", "") or "").split(",")
                                    if u.strip()),

@@ -24,8 +24,10 @@ def tick(services: Services, now: datetime | None = None) -> SweepReport:
 def area_ticks() -> list[Callable[[Services, datetime], object]]:
     """Each area module may define `tick(services, now)`; the scheduler runs them all."""
     import jobs.handover
+    import jobs.retention
     import jobs.scoring
     import jobs.sop
     import jobs.tagging
 
-    return [m.tick for m in (jobs.tagging, jobs.sop, jobs.handover, jobs.scoring) if hasattr(m, "tick")]
+    return [m.tick for m in (jobs.tagging, jobs.sop, jobs.handover, jobs.scoring, jobs.retention)
+            if hasattr(m, "tick")]

@@ -48,10 +48,18 @@ def test_the_wecom_client_limits_calls_per_api_to_wecom_rate_limit(tmp_path) -> 
     ({"WECOM_RATE_LIMIT": "fast"}, "WECOM_RATE_LIMIT"),
     ({"WECOM_RATE_LIMIT": "0"}, "WECOM_RATE_LIMIT"),
     ({"WECOM_RATE_LIMIT": "50000"}, "WECOM_RATE_LIMIT"),
+    ({"SOPBOT_INBOX_RETENTION_DAYS": "-1"}, "SOPBOT_INBOX_RETENTION_DAYS"),
+    ({"SOPBOT_INBOX_RETENTION_DAYS": "thirty"}, "SOPBOT_INBOX_RETENTION_DAYS"),
 ])
 def test_bad_settings_name_the_variable(change: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_settings({**GOOD, **change})
+
+
+def test_inbox_retention_defaults_to_30_days_and_0_keeps_rows() -> None:
+    assert load_settings(GOOD).inbox_retention_days == 30
+    assert load_settings({**GOOD, "SOPBOT_INBOX_RETENTION_DAYS": "0"}).inbox_retention_days == 0
+    assert load_settings({**GOOD, "SOPBOT_INBOX_RETENTION_DAYS": " 90 "}).inbox_retention_days == 90
 
 
 def test_dotenv_is_read_and_environment_wins(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
