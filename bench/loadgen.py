@@ -197,8 +197,8 @@ def _run(address: tuple[str, int], requests: list[bytes], *, connections: int, d
                 begin(due)
                 due_count += 1
         elif now < deadline:
-            while in_flight < connections:
-                begin(now)
+            while in_flight < connections and time.perf_counter() < deadline:  # a refused connect ends at once
+                begin(time.perf_counter())
         sending = now < deadline
         if not sending and in_flight == 0:
             break

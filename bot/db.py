@@ -82,13 +82,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 15, "isolation_level": None}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
-        return engine
+        return _born(engine)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)
-    return create_engine(url, **kwargs)
+    return _born(create_engine(url, **kwargs))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -96,6 +96,13 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 _PID_ENGINES: dict[int, int] = {}
+
+
+def _born(engine: Engine) -> Engine:
+    """Record the process an engine was made in, so that `dispose_if_forked` knows it in a forked child even if
+    the parent never used it."""
+    _PID_ENGINES[id(engine)] = os.getpid()
+    return engine
 
 
 def dispose_if_forked(engine: Engine) -> None:

@@ -224,6 +224,36 @@ def test_a_forked_child_inserts_on_its_own_connection_and_leaves_the_parents_ope
     assert _inbox_count(services) == 3
 
 
+def test_an_insert_made_after_a_fork_does_not_take_the_parents_pooled_connection(services: Services) -> None:
+    """gunicorn --preload: the engine (and its pool) were made before the fork, the insert in the worker."""
+    import os
+
+    from bot.db import utcnow
+    from bot.wecom.callback import _InboxInsert
+
+    engine = services.engine
+    raw = engine.raw_connection()
+    parents = raw.dbapi_connection
+    raw.close()  # back in the pool the child inherits
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            insert = _InboxInsert(engine)
+            row = {"corp_id": "ww-fork", "dedupe_key": "preload-child", "event_key": "x", "payload": {},
+                   "received_at": utcnow(), "status": "pending", "attempts": 0}
+            code = 0 if insert(row) is not None and insert.connections.free[0] is not parents else 2
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(code)
+    os.close(write)
+    assert os.read(read, 1) == b"\x00"
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert _inbox_count(services) == 1
+
+
 def test_inbox_row_is_the_row_the_orm_writes(client: Any, services: Services) -> None:
     """The callback binds values through the columns' own types on a DBAPI connection: same row as the ORM's."""
     assert post_event(client, fixture_xml(ADD)).status_code == 200

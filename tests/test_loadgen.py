@@ -76,6 +76,8 @@ def test_other_statuses_and_refused_connections_are_errors(server: int) -> None:
         closed_port = s.getsockname()[1]
     refused = run("127.0.0.1", closed_port, _requests(closed_port, "/"), connections=2, duration=0.2, rate=50)
     assert refused.ok == 0 and refused.errors == refused.sent == 10
+    closed_loop = run("127.0.0.1", closed_port, _requests(closed_port, "/"), connections=2, duration=0.2)
+    assert closed_loop.ok == 0 and closed_loop.errors == closed_loop.sent > 0  # and it ended
 
 
 @pytest.mark.parametrize(("raw", "eof", "answer"), [

@@ -59,6 +59,7 @@ class _InboxInsert:
         if dialect.name == "postgresql":
             engine = create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False,
                                    pool_size=engine.pool.size(), max_overflow=10)  # type: ignore[attr-defined]
+            dispose_if_forked(engine)  # records the process it was made in
         self.engine = engine
         table = InboxEvent.__table__
         module: Any = postgresql if dialect.name == "postgresql" else sqlite
@@ -123,10 +124,10 @@ class _KeptConnections:
         if self.pid != os.getpid():
             self.inherited.extend(self.free)
             self.free, self.pid = [], os.getpid()
-            dispose_if_forked(self.engine)
         try:
             return self.free.pop()
         except IndexError:
+            dispose_if_forked(self.engine)  # an engine made before a fork (gunicorn --preload): not its pool's
             fairy = self.engine.raw_connection()
             fairy.detach()  # ours now; the pool's slot is free again
             return fairy.dbapi_connection
