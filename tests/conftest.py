@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,20 @@ def run_worker(services: Services) -> int:
 
 def fixture_xml(name: str) -> str:
     return (FIXTURES / f"{name}.xml").read_text(encoding="utf-8")
+
+
+def in_forked_child(check: Callable[[], bool]) -> int:
+    """Run `check` in a forked child and return its exit code: 0 when it returned True, 2 when False, 1 when it
+    raised (the child leaves with os._exit, running none of pytest's or the parent's cleanup)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            code = 0 if check() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def post_event(client: Any, xml: str, *, timestamp: str = "1735689600", nonce: str = "480916352") -> Any:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import gc
+import threading
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
 from sqlalchemy import func, select, text
 
+from bot.db import utcnow
 from bot.models import InboxEvent
 from bot.queues import get_queue
 from bot.services import Services
-from bot.wecom.callback import _inbox_insert
+from bot.wecom.callback import _inbox_insert, _InboxInsert
 from tests import wecom_reference
-from tests.conftest import VECTORS, fixture_xml, post_event, vector_params
+from tests.conftest import VECTORS, fixture_xml, in_forked_child, post_event, vector_params
 
 ADD = "change_external_contact__add_external_contact"
 
@@ -158,6 +161,12 @@ def _with_create_time(stamp: str) -> str:
     return fixture_xml(ADD).replace("<CreateTime>", f"<CreateTime>{stamp}")
 
 
+def _row(dedupe_key: str) -> dict[str, Any]:
+    """An inbox row as the callback hands it to the insert."""
+    return {"corp_id": "ww-t", "dedupe_key": dedupe_key, "event_key": "x", "payload": {}, "received_at": utcnow(),
+            "status": "pending", "attempts": 0}
+
+
 def test_the_insert_keeps_its_connection_instead_of_a_pool_checkout(client: Any, services: Services) -> None:
     insert = _inbox_insert(services.engine)
     for n in range(5):
@@ -168,17 +177,12 @@ def test_the_insert_keeps_its_connection_instead_of_a_pool_checkout(client: Any,
 
 
 def test_threads_inserting_at_once_lose_nothing_and_keep_few_connections(services: Services) -> None:
-    import threading
-
-    from bot.db import utcnow
-
     insert = _inbox_insert(services.engine)
     ids: list[int | None] = []
 
     def record(thread: int) -> None:
         for n in range(25):
-            ids.append(insert({"corp_id": "ww-t", "dedupe_key": f"t{thread}-{n}", "event_key": "x", "payload": {},
-                               "received_at": utcnow(), "status": "pending", "attempts": 0}))
+            ids.append(insert(_row(f"t{thread}-{n}")))
 
     threads = [threading.Thread(target=record, args=(t,)) for t in range(4)]
     for t in threads:
@@ -193,32 +197,17 @@ def test_threads_inserting_at_once_lose_nothing_and_keep_few_connections(service
 
 def test_a_forked_child_inserts_on_its_own_connection_and_leaves_the_parents_open(
         client: Any, services: Services) -> None:
-    import gc
-    import os
-
-    from bot.db import utcnow
-
     insert = _inbox_insert(services.engine)
     assert post_event(client, _with_create_time("1")).status_code == 200
     (kept,) = insert.connections.free
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: one insert, then a full collection (a dropped reference would close the parent's)
-        code = 1
-        try:
-            row = {"corp_id": "ww-fork", "dedupe_key": "fork-child", "event_key": "x", "payload": {},
-                   "received_at": utcnow(), "status": "pending", "attempts": 0}
-            ok = insert(row) is not None and insert.connections.free[0] is not kept
-            ok = ok and insert.connections.inherited == [kept]
-            gc.collect()
-            code = 0 if ok else 2
-        finally:
-            os.write(write, bytes([code]))
-            os._exit(code)
-    os.close(write)
-    assert os.read(read, 1) == b"\x00"
-    os.close(read)
-    os.waitpid(pid, 0)
+
+    def child() -> bool:  # one insert, then a full collection (a dropped reference would close the parent's)
+        ok = insert(_row("fork-child")) is not None and insert.connections.free[0] is not kept
+        ok = ok and insert.connections.inherited == [kept]
+        gc.collect()
+        return ok
+
+    assert in_forked_child(child) == 0
     assert post_event(client, _with_create_time("2")).status_code == 200
     assert insert.connections.free == [kept]  # still the parent's, still open (PostgreSQL: its session alive)
     assert _inbox_count(services) == 3
@@ -226,31 +215,16 @@ def test_a_forked_child_inserts_on_its_own_connection_and_leaves_the_parents_ope
 
 def test_an_insert_made_after_a_fork_does_not_take_the_parents_pooled_connection(services: Services) -> None:
     """gunicorn --preload: the engine (and its pool) were made before the fork, the insert in the worker."""
-    import os
-
-    from bot.db import utcnow
-    from bot.wecom.callback import _InboxInsert
-
     engine = services.engine
     raw = engine.raw_connection()
     parents = raw.dbapi_connection
     raw.close()  # back in the pool the child inherits
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            insert = _InboxInsert(engine)
-            row = {"corp_id": "ww-fork", "dedupe_key": "preload-child", "event_key": "x", "payload": {},
-                   "received_at": utcnow(), "status": "pending", "attempts": 0}
-            code = 0 if insert(row) is not None and insert.connections.free[0] is not parents else 2
-        finally:
-            os.write(write, bytes([code]))
-            os._exit(code)
-    os.close(write)
-    assert os.read(read, 1) == b"\x00"
-    os.close(read)
-    os.waitpid(pid, 0)
+
+    def child() -> bool:
+        insert = _InboxInsert(engine)
+        return insert(_row("preload-child")) is not None and insert.connections.free[0] is not parents
+
+    assert in_forked_child(child) == 0
     assert _inbox_count(services) == 1
 
 

@@ -8,7 +8,6 @@ answered or did to the connection meanwhile.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import pytest
@@ -29,7 +28,7 @@ from bot.queues import (
     settle_event_jobs,
 )
 from bot.services import Services
-from tests.conftest import run_worker
+from tests.conftest import in_forked_child, run_worker
 
 VOLATILE = {b"created_at", b"enqueued_at"}  # timestamps of the moment each was enqueued
 
@@ -241,17 +240,13 @@ def test_a_send_with_redis_down_raises_for_the_callback_to_leave_the_row_to_the_
 def test_a_forked_child_sends_on_its_own_connection_and_leaves_the_parents_answer_alone(services: Services) -> None:
     conn = services.redis
     send_event(conn, 54)  # the parent's answer stays unread across the fork
-    pid = os.fork()
-    if pid == 0:  # the child: an answer read off the parent's socket would be 54's, and 55 would be unconfirmed
-        code = 1
-        try:
-            send_event(conn, 55)
-            jobs = _NEW_EVENT_JOBS[conn]
-            code = 0 if jobs._unread == 55 and jobs._connection.read_response() == 1 else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def child() -> bool:  # an answer read off the parent's socket would be 54's, and 55 would be unconfirmed
+        send_event(conn, 55)
+        jobs = _NEW_EVENT_JOBS[conn]
+        return bool(jobs._unread == 55 and jobs._connection.read_response() == 1)
+
+    assert in_forked_child(child) == 0
     assert _unread(conn) == 54
     assert _NEW_EVENT_JOBS[conn]._connection.read_response() == 1  # still the parent's own answer, unread
     _NEW_EVENT_JOBS[conn]._unread = None
