@@ -73,6 +73,12 @@ def _construct_mapping(loader: _MarkedLoader, node: yaml.MappingNode) -> YMap:
     result.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            # `~:`, `1:` or `? [a]`: every key the library reads is text; a null or a list key would otherwise
+            # reach code that sorts and compares keys as strings.
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be text, not {key!r}", key_node.start_mark
+            )
         if key in result:
             # PyYAML silently keeps the last duplicate; for hand-edited content that hides mistakes.
             raise yaml.constructor.ConstructorError(

@@ -260,6 +260,30 @@ def test_sop_files_load_or_raise_with_file_and_line(tmp_path: Path) -> None:
     run()
 
 
+@pytest.mark.parametrize(("content", "line", "shown"), [
+    ("id: a\n~: 1\n", 2, "None"),                       # CI's fuzz found this one: a null key beside text keys
+    ("id: a\nsteps:\n  - 1: x\n", 3, "1"),
+    ("id: a\n? [a, b]\n: 1\n", 2, "['a', 'b']"),
+])
+def test_a_key_that_is_not_text_is_refused_with_its_line(tmp_path: Path, content: str, line: int,
+                                                         shown: str) -> None:
+    path = tmp_path / "sop.yaml"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(LibraryError) as sop:
+        load_sop_file(path)
+    _assert_sop_errors(sop.value, str(path))
+    assert [(p.line, p.message) for p in sop.value.problems] == [(line, f"YAML: a key must be text, not {shown}")]
+
+
+def test_a_plain_document_with_keys_of_mixed_types_gets_every_unknown_key_reported() -> None:
+    # parse_sop also takes plain dicts (not only the loader's YMap): their keys may be anything hashable.
+    with pytest.raises(LibraryError) as sop:
+        parse_sop({None: 1, 3: 2, "zz": 3}, "<doc>")
+    _assert_sop_errors(sop.value, "<doc>")
+    unknown = [p.message for p in sop.value.problems if p.message.startswith("unknown key")]
+    assert unknown == ["unknown key '3'", "unknown key 'None'", "unknown key 'zz'"]
+
+
 # -- POST /api/v1/rules ----------------------------------------------------------------------------
 
 def _rules_state(services: Services) -> tuple[int, str]:

@@ -300,7 +300,7 @@ def _parse_crowd(node: Any, p: _P, line: int) -> Crowd:
         if not isinstance(item, YMap) or item.get("event") not in TRIGGER_EVENTS:
             p.err(iline, f"a trigger needs 'event' in {', '.join(TRIGGER_EVENTS)}")
             continue
-        for key in sorted(set(item) - {"event", "channel", "tag", "stage"}):
+        for key in sorted(set(item) - {"event", "channel", "tag", "stage"}, key=str):
             p.err(item.line_of(key), f"unknown trigger key '{key}'")
         event = item["event"]
         tag = _check_tag(item["tag"], item.line_of("tag"), p) if "tag" in item else None
@@ -321,7 +321,7 @@ def _parse_calendar(node: Any, p: _P, line: int) -> Calendar:
     if not isinstance(node, YMap):
         p.err(line, "calendar must be a mapping")
         return Calendar()
-    for key in sorted(set(node) - {"business_days", "quiet_hours", "timezone"}):
+    for key in sorted(set(node) - {"business_days", "quiet_hours", "timezone"}, key=str):
         p.err(node.line_of(key), f"unknown calendar key '{key}'")
     tz = str(node.get("timezone", DEFAULT_TZ))
     try:
@@ -413,7 +413,7 @@ def _parse_step(node: Any, p: _P, line: int) -> Step | None:
         return None
     allowed = {"id", "content", "variants", "touchpoint", "day", "at", "after", "from", "cron", "datetime",
                "executor", "fallback", "note"}
-    for key in sorted(set(node) - allowed):
+    for key in sorted(set(node) - allowed, key=str):
         p.err(node.line_of(key), f"unknown step key '{key}'")
     step_id = node.get("id")
     if not isinstance(step_id, str) or not step_id:
@@ -510,7 +510,7 @@ def parse_sop(data: Any, source: str = "<memory>") -> SopDefinition:
         data = _to_ymap(data)
     allowed = {"id", "name", "enabled", "crowd", "steps", "calendar", "executor", "fallback", "exit",
                "reentry", "capped", "description"}
-    for key in sorted(set(data) - allowed):
+    for key in sorted(set(data) - allowed, key=str):
         p.err(data.line_of(key), f"unknown key '{key}'")
     sop_id = data.get("id")
     if not isinstance(sop_id, str) or not sop_id:
