@@ -183,11 +183,20 @@ class _NewEventJobs:
             if connection._sock is not None and self._closed_by_server(connection):
                 connection.disconnect()  # a restart or an idle timeout: a command written there would be lost
             try:
+                if connection._sock is None:
+                    self._load_script(connection)
                 connection.send_command(*self._command(inbox_id))
             except BaseException:
                 connection.disconnect()
                 raise
             self._unread = inbox_id
+
+    def _load_script(self, connection: Any) -> None:
+        """SCRIPT LOAD on a new connection, before its first send: the first connection is the process's first
+        delivery, and a new one follows a restart, which empties Redis's script cache. Otherwise that delivery's
+        EVALSHA is answered NOSCRIPT, read only at the next delivery, and its job waits until then."""
+        connection.send_command("SCRIPT", "LOAD", self.script.script)
+        connection.read_response()
 
     @staticmethod
     def _closed_by_server(connection: Any) -> bool:

@@ -186,6 +186,36 @@ def test_a_sent_job_that_redis_answered_noscript_is_run_once_more(services: Serv
     assert get_queue(conn, "default").job_ids == ["event-44", "event-45", "event-46"]
 
 
+def _no_late_rerun(monkeypatch: pytest.MonkeyPatch) -> None:
+    def rerun(self: object, inbox_id: int) -> bool:
+        raise AssertionError(f"event-{inbox_id} was answered NOSCRIPT and waited for the next send")
+    monkeypatch.setattr(_NewEventJobs, "enqueue", rerun)
+
+
+def test_a_processs_first_send_finds_its_script_loaded(services: Services,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fresh Redis (`make demo` starts one) knows no script: the first delivery's job must not wait for the next.
+    conn = services.redis
+    conn.script_flush()
+    _no_late_rerun(monkeypatch)
+    send_event(conn, 60)
+    settle_event_jobs(conn)
+    assert get_queue(conn, "default").job_ids == ["event-60"]
+
+
+def test_the_first_send_after_a_redis_restart_loads_the_script_again(services: Services,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = services.redis
+    send_event(conn, 61)
+    settle_event_jobs(conn)
+    conn.script_flush()  # a restart: the script cache is empty and every connection is gone
+    _kill_normal_clients(conn)
+    _no_late_rerun(monkeypatch)
+    send_event(conn, 62)
+    settle_event_jobs(conn)
+    assert get_queue(conn, "default").job_ids == ["event-61", "event-62"]
+
+
 def test_an_error_answer_is_logged_for_its_own_row_and_the_connection_stays_in_step(
         services: Services, caplog: pytest.LogCaptureFixture) -> None:
     conn = services.redis
