@@ -39,6 +39,10 @@ def init_app(app: Flask, services: Services) -> None:
     from bot.wecom.callback import callback_bp
 
     app.extensions["sopbot"] = services
+    # A path with an empty segment ("…/scripts/a%2F/messages" decodes to "…/scripts/a//messages") is not found:
+    # werkzeug's default 308 to the merged path would echo the path and have clients re-POST to another URL.
+    # Set before any route is added: each rule takes the map's setting when it is bound.
+    app.url_map.merge_slashes = False
     app.session_interface = LazySessionInterface()
     app.register_blueprint(callback_bp)
     app.register_blueprint(api_bp)

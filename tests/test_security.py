@@ -310,6 +310,18 @@ def test_security_headers_on_api_callback_and_public_pages(client: Any, services
     assert client.get("/healthz").headers["X-Content-Type-Options"] == "nosniff"
 
 
+@pytest.mark.parametrize("path", [
+    "/sidebar/api/customers/wmSomeone/scripts/a%2F/messages",  # "a%2F" decodes to "a/": an empty segment
+    "/api/v1//inbox",
+])
+def test_a_path_with_an_empty_segment_is_not_found_rather_than_redirected(client: Any, path: str) -> None:
+    # werkzeug's default would answer 308 to the merged path: echoing the path, and sending a POST elsewhere.
+    for method in ("GET", "POST"):
+        resp = client.open(path, method=method, headers=ADMIN)
+        assert resp.status_code == 404 and "Location" not in resp.headers, (method, path, resp.status_code)
+        assert "wmSomeone" not in resp.get_data(as_text=True)
+
+
 def test_strict_transport_security_only_over_https(client: Any, services: Services) -> None:
     assert "Strict-Transport-Security" not in client.get("/healthz").headers
     services.settings = services.settings.with_overrides(public_url="https://sopbot.example.com")
