@@ -88,6 +88,9 @@ def worker(burst: bool, metrics_port: int | None) -> None:
     # SimpleWorker runs jobs in this process: no fork per job (fast), and a killed worker loses
     # nothing, because every job's state lives in the database and the sweeper re-enqueues it.
     w = SopbotWorker([get_queue(conn, q) for q in QUEUE_NAMES], connection=conn)
+    from bot import freeze_startup_objects
+
+    freeze_startup_objects()
     w.work(burst=burst, logging_level="INFO")
 
 
