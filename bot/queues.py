@@ -160,7 +160,7 @@ class _NewEventJobs:
             try:
                 return self._run(connection, command)
             except NoScriptError:  # Redis restarted or flushed since the script was loaded
-                self.conn.script_load(self.script.script)
+                self._load_script(connection)
                 return self._run(connection, command)
         except ResponseError:
             raise  # the reply was read whole: the connection is still in step
@@ -192,9 +192,9 @@ class _NewEventJobs:
             self._unread = inbox_id
 
     def _load_script(self, connection: Any) -> None:
-        """SCRIPT LOAD on a new connection, before its first send: the first connection is the process's first
-        delivery, and a new one follows a restart, which empties Redis's script cache. Otherwise that delivery's
-        EVALSHA is answered NOSCRIPT, read only at the next delivery, and its job waits until then."""
+        """SCRIPT LOAD on this connection: after a NOSCRIPT, and by `send` on a new connection before its first
+        command (a new connection is the process's first delivery, or follows a restart, which empties Redis's
+        script cache; its EVALSHA would be answered NOSCRIPT, read only at the next delivery, its job waiting)."""
         connection.send_command("SCRIPT", "LOAD", self.script.script)
         connection.read_response()
 

@@ -17,12 +17,12 @@ from typing import Any, cast
 
 from flask import Blueprint, Response, request
 from redis.exceptions import RedisError
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot import get_services
-from bot.db import SqliteWriterLock, dispose_if_forked, utcnow
+from bot.db import SqliteWriterLock, dispose_if_forked, make_engine, utcnow
 from bot.events import EventParseError, dedupe_key, event_key_of, parse_xml
 from bot.models import InboxEvent
 from bot.observability import CALLBACKS
@@ -57,9 +57,8 @@ class _InboxInsert:
     def __init__(self, engine: Engine) -> None:
         dialect = engine.dialect
         if dialect.name == "postgresql":
-            engine = create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False,
-                                   pool_size=engine.pool.size(), max_overflow=10)  # type: ignore[attr-defined]
-            dispose_if_forked(engine)  # records the process it was made in
+            engine = make_engine(engine.url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT",
+                                 pool_pre_ping=False, pool_size=engine.pool.size())  # type: ignore[attr-defined]
         self.engine = engine
         table = InboxEvent.__table__
         module: Any = postgresql if dialect.name == "postgresql" else sqlite
